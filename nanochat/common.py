@@ -1,0 +1,138 @@
+"""Shared plumbing: the base directory, rank-aware printing and logging, device detection.
+
+Everything here is cheap to import: torch is imported inside the functions that need it, so
+tokenizer and data tools start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_DIR_ENV = "NANOCHAT_BASE_DIR"
+DEFAULT_BASE_DIR = Path("~/.cache/nanochat")
+
+
+def get_base_dir(create: bool = True) -> Path:
+    """Where every artifact lives: $NANOCHAT_BASE_DIR, else ~/.cache/nanochat.
+
+    A Korean run points NANOCHAT_BASE_DIR elsewhere (e.g. ~/.cache/nanochat_ko) so the two never mix.
+    """
+    raw = os.environ.get(BASE_DIR_ENV, "").strip()
+    base = Path(raw).expanduser() if raw else DEFAULT_BASE_DIR.expanduser()
+    if create:
+        base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """The process's place in a torchrun job, read from the environment torchrun sets."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+
+def get_dist_info() -> DistInfo:
+    def env_int(name: str, default: int) -> int:
+        value = os.environ.get(name)
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+    info = DistInfo(env_int("RANK", 0), env_int("LOCAL_RANK", 0), env_int("WORLD_SIZE", 1))
+    if not (0 <= info.rank < info.world_size):
+        raise ValueError(f"RANK={info.rank} is outside WORLD_SIZE={info.world_size}")
+    return info
+
+
+def print0(*args, **kwargs) -> None:
+    """print() on rank 0 only, so a torchrun job with 8 ranks prints each line once."""
+    if get_dist_info().is_master:
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+
+class _RankFormatter(logging.Formatter):
+    def __init__(self, rank: int, world_size: int):
+        prefix = f"[rank {rank}] " if world_size > 1 else ""
+        super().__init__(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def setup_logging(level: int | str = logging.INFO, all_ranks: bool = False) -> None:
+    """Configure the root logger once per process (scripts call this in main, never at import).
+
+    Non-master ranks log warnings and errors only unless all_ranks is set, so that multi-GPU logs
+    stay readable while a failure on any rank is still visible.
+    """
+    info = get_dist_info()
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RankFormatter(info.rank, info.world_size))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level if (info.is_master or all_ranks) else max(level, logging.WARNING))
+
+
+def autodetect_device_type() -> str:
+    """'cuda' if a CUDA GPU is usable, else 'mps' on Apple silicon, else 'cpu'."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_device_type(requested: str = "") -> str:
+    """Validate a --device_type value ('' = autodetect) against what this machine has.
+
+    Fails with one line instead of torch's deep stack trace (e.g. 'invalid device ordinal').
+    """
+    requested = (requested or "").strip().lower()
+    if requested in ("", "auto"):
+        return autodetect_device_type()
+    if requested not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device_type must be cuda, mps, cpu or empty for auto, got {requested!r}")
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device_type=cuda was asked for but no CUDA GPU is visible: use --device_type=cpu")
+    if requested == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device_type=mps was asked for but MPS is not available: use --device_type=cpu")
+    return requested
+
+
+def run_main(main, *args, errors: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)):
+    """Call a script's main; an expected user-facing error becomes one 'error: ...' line and exit 1.
+
+    Set NANOCHAT_DEBUG=1 to get the full traceback instead.
+    """
+    try:
+        return main(*args)
+    except errors as e:
+        if os.environ.get("NANOCHAT_DEBUG"):
+            raise
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,0 +1,65 @@
+"""Base dir, rank-aware printing and logging, device resolution."""
+
+import logging
+
+import pytest
+
+from nanochat import common
+
+
+def test_base_dir_env_and_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "ko"))
+    assert common.get_base_dir() == tmp_path / "ko" and (tmp_path / "ko").is_dir()
+    monkeypatch.delenv("NANOCHAT_BASE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert common.get_base_dir(create=False) == tmp_path / ".cache" / "nanochat"
+
+
+def test_dist_info(monkeypatch):
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert common.get_dist_info() == common.DistInfo(0, 0, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    info = common.get_dist_info()
+    assert info.is_distributed and not info.is_master and info.local_rank == 1
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="outside WORLD_SIZE"):
+        common.get_dist_info()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="not an integer"):
+        common.get_dist_info()
+
+
+def test_print0_only_on_rank0(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    common.print0("hidden")
+    monkeypatch.setenv("RANK", "0")
+    common.print0("shown")
+    assert capsys.readouterr().out == "shown\n"
+
+
+def test_logging_rank_prefix_and_quiet_workers(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    common.setup_logging("INFO")
+    log = logging.getLogger("nanochat.test")
+    log.info("quiet on workers")
+    log.warning("loud everywhere")
+    err = capsys.readouterr().err
+    assert "quiet on workers" not in err
+    assert "[rank 1] WARNING nanochat.test: loud everywhere" in err
+
+
+def test_device_resolution():
+    assert common.resolve_device_type("cpu") == "cpu"
+    assert common.resolve_device_type("") in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="must be cuda, mps, cpu"):
+        common.resolve_device_type("tpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            common.resolve_device_type("cuda")
