@@ -123,6 +123,97 @@ def resolve_device_type(requested: str = "") -> str:
     return requested
 
 
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    """'' = auto: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU and MPS."""
+    dtype = (dtype or "").strip().lower()
+    if dtype and dtype not in DTYPES:
+        raise ValueError(f"dtype must be bf16, fp16, fp32 or empty for auto, got {dtype!r}")
+    if device_type != "cuda":
+        if dtype in ("bf16", "fp16"):
+            raise ValueError(f"dtype={dtype} needs a CUDA GPU; on {device_type} use --dtype=fp32")
+        return "fp32"
+    if dtype:
+        return dtype
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def autocast(device_type: str, dtype: str):
+    """The mixed-precision context for forward passes; a no-op for fp32."""
+    import contextlib
+
+    import torch
+
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, DTYPES[dtype]))
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What compute_init decided: the device this rank uses and its place in the job."""
+
+    device_type: str
+    device: object  # torch.device
+    dist: DistInfo
+
+
+def compute_init(device_type: str = "", seed: int = 42) -> Compute:
+    """Pick the device, start torch.distributed under torchrun (NCCL on CUDA, gloo on CPU), seed.
+
+    Fails with one line when torchrun starts more processes than there are GPUs, instead of
+    CUDA's 'invalid device ordinal' deep inside the first allocation.
+    """
+    import random
+
+    import torch
+
+    info = get_dist_info()
+    device_type = resolve_device_type(device_type)
+    if device_type == "cuda":
+        count = torch.cuda.device_count()
+        if info.local_rank >= count:
+            raise ValueError(
+                f"local rank {info.local_rank} has no GPU: only {count} visible; launch with "
+                f"torchrun --nproc_per_node={count} (or fewer)"
+            )
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device(device_type)
+    if info.is_distributed and device_type == "mps":
+        raise ValueError("multi-process runs need CUDA (NCCL) or CPU (gloo); MPS supports one process")
+    if info.is_distributed and not torch.distributed.is_initialized():
+        import datetime
+
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device_type == "cuda" else {}
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # numpy is a dependency, but seeding must not be the reason a run dies
+        pass
+    return Compute(device_type, device, info)
+
+
+def compute_cleanup() -> None:
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def run_main(main, *args, errors: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)):
     """Call a script's main; an expected user-facing error becomes one 'error: ...' line and exit 1.
 

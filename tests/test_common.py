@@ -63,3 +63,27 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is visible"):
             common.resolve_device_type("cuda")
+
+
+def test_dtype_resolution():
+    assert common.resolve_dtype("", "cpu") == "fp32"
+    assert common.resolve_dtype("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        common.resolve_dtype("bf16", "cpu")
+    with pytest.raises(ValueError, match="must be bf16, fp16, fp32"):
+        common.resolve_dtype("fp8", "cuda")
+    assert common.resolve_dtype("fp16", "cuda") == "fp16"
+
+
+def test_compute_init_single_process_cpu(monkeypatch):
+    import torch
+
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    c = common.compute_init("cpu", seed=7)
+    assert c.device_type == "cpu" and c.device == torch.device("cpu") and not c.dist.is_distributed
+    a = torch.rand(3)
+    common.compute_init("cpu", seed=7)
+    assert torch.equal(a, torch.rand(3))  # seeded
+    with common.autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
