@@ -1,0 +1,598 @@
+"""Checkpoints: save, find, load and prune training state, crash-safe and without unpickling code.
+
+One step lives in $NANOCHAT_BASE_DIR/<phase dir>/<tag>/step_<NNNNNN>/: model.safetensors, meta.json,
+and per rank R optim_rank<R>.pt (the optimizers' state_dicts) and rng_rank<R>.pt (RNG states). It is
+written under .step_<NNNNNN>.tmp and renamed when complete, so a step directory is complete or absent.
+
+    step = find_resume(ckpt_dir, cfg.resume)          # '' / 'auto' / N -> None or a step
+    c = load_checkpoint(ckpt_dir, step)               # model, this rank's optimizer/rng/loader state
+    save_checkpoint(ckpt_dir, step, model_state=raw_model.state_dict(), optimizer_states=[...],
+                    meta={...}, loader_state=loader.state_dict()); prune_checkpoints(ckpt_dir, keep)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanochat.common import get_base_dir, get_dist_info
+
+
+@dataclass(frozen=True)
+class _Phase:
+    dirname: str  # folder under the base dir
+    producer: str  # the script that writes it, named in "no checkpoint" errors
+
+
+# The one mapping from phase names to folders; everything else goes through it.
+PHASES: dict[str, _Phase] = {
+    "base": _Phase("base_checkpoints", "scripts.base_train"),
+    "mid": _Phase("mid_checkpoints", "scripts.mid_train"),
+    "sft": _Phase("chatsft_checkpoints", "scripts.chat_sft"),
+    "rl": _Phase("chatrl_checkpoints", "scripts.chat_rl"),
+}
+
+FORMAT = "nanochat-checkpoint/1"
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+# Keys save_checkpoint writes itself; a caller's meta may not set them (they describe this save).
+RESERVED_META_KEYS = ("format", "step", "world_size", "saved_at", "has_optimizer", "has_rng", "loader_states")
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+# .tmp: being written (or left by a crashed writer); .old: a replaced or pruned step on its way out.
+_TEMP_RE = re.compile(r"^\.step_(\d+)\.(tmp|old)$")
+
+PathLike = str | os.PathLike
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def optim_file(rank: int) -> str:
+    return f"optim_rank{rank}.pt"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def _loader_file(rank: int) -> str:
+    # scratch file inside the temp dir only: rank 0 folds these into meta.json and deletes them
+    return f"loader_rank{rank}.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Where checkpoints are
+
+
+def checkpoint_dir(phase: str, tag: str | None = None) -> Path:
+    """$NANOCHAT_BASE_DIR/<phase dir>/<tag>. tag None picks the tag whose latest checkpoint is newest.
+
+    With tag None and no checkpoint of that phase, raises FileNotFoundError naming the script to run.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}: valid phases are {', '.join(PHASES)}")
+    root = get_base_dir(create=False) / PHASES[phase].dirname
+    if tag is not None:
+        if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or tag.startswith("."):
+            raise ValueError(f"checkpoint tag must be a plain folder name (like d20), got {tag!r}")
+        return root / tag
+    found = _newest_tag(root)
+    if found is None:
+        raise FileNotFoundError(_missing_message(phase, root))
+    return found
+
+
+def _newest_tag(root: Path) -> Path | None:
+    """The tag folder under root whose latest complete step was saved last (the run you just did)."""
+    best, best_time = None, -1.0
+    if root.is_dir():
+        for d in root.iterdir():
+            steps = list_checkpoints(d) if d.is_dir() and not d.name.startswith(".") else []
+            if steps:
+                saved = (d / _step_name(steps[-1]) / META_FILE).stat().st_mtime
+                if saved > best_time:
+                    best, best_time = d, saved
+    return best
+
+
+def _phase_of(ckpt_dir: Path) -> str | None:
+    for name, phase in PHASES.items():
+        if ckpt_dir.parent.name == phase.dirname:
+            return name
+    return None
+
+
+def _missing_message(phase: str | None, where: Path) -> str:
+    if phase is None:
+        return f"no checkpoint in {where}"
+    return f"no {phase} checkpoint in {where}: train one with python -m {PHASES[phase].producer}"
+
+
+def _resolve(phase_or_dir: PathLike, tag: str | None) -> tuple[Path, bool]:
+    """(directory, exists-as-a-tag) for a phase name or a checkpoint directory path."""
+    if isinstance(phase_or_dir, str) and phase_or_dir in PHASES:
+        if tag is not None:
+            return checkpoint_dir(phase_or_dir, tag), True
+        root = get_base_dir(create=False) / PHASES[phase_or_dir].dirname
+        found = _newest_tag(root)
+        return (found, True) if found is not None else (root, False)
+    if tag is not None:
+        raise ValueError(f"tag={tag!r} goes with a phase name ({', '.join(PHASES)}), not a directory path")
+    return Path(phase_or_dir), True
+
+
+def list_checkpoints(phase_or_dir: PathLike, tag: str | None = None) -> list[int]:
+    """Complete steps, ascending. Temp dirs of unfinished or crashed saves are never listed."""
+    ckpt_dir, ok = _resolve(phase_or_dir, tag)
+    if not ok or not ckpt_dir.is_dir():
+        return []
+    steps = []
+    for d in ckpt_dir.iterdir():
+        m = _STEP_RE.match(d.name)
+        # the rename makes a step dir complete; meta.json is also required so that a half-copied
+        # folder (an interrupted rsync of a pod's disk) is not taken for a checkpoint
+        if m and (d / META_FILE).is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest_step(phase_or_dir: PathLike, tag: str | None = None) -> int | None:
+    """The highest complete step, or None when there is none."""
+    steps = list_checkpoints(phase_or_dir, tag)
+    return steps[-1] if steps else None
+
+
+def find_resume(phase_or_dir: PathLike, resume: str | int | None, *, tag: str | None = None) -> int | None:
+    """Which step a --resume value means: '' = off (None), 'auto' = latest if any (else None), or N.
+
+    A step number must name a complete checkpoint; otherwise FileNotFoundError lists those there are.
+    """
+    value = "" if resume is None else str(resume).strip()
+    if value == "":
+        return None
+    if value == "auto":
+        return latest_step(phase_or_dir, tag)
+    if not value.isdigit():
+        raise ValueError(f"resume must be '' (off), 'auto' or a step number, got {resume!r}")
+    step, steps = int(value), list_checkpoints(phase_or_dir, tag)
+    if step not in steps:
+        ckpt_dir, _ = _resolve(phase_or_dir, tag)
+        available = ", ".join(map(str, steps)) if steps else "none"
+        raise FileNotFoundError(f"resume={value}: no complete step {step} in {ckpt_dir}; available steps: {available}")
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG
+
+
+def capture_rng() -> dict:
+    """This process's RNG states (python random, numpy global, torch CPU, CUDA/MPS when in use)."""
+    version, internal, gauss_next = random.getstate()
+    algorithm, key, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        # tensors rather than a 625-element tuple of Python ints: smaller and weights_only-safe
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"algorithm": str(algorithm), "key": torch.from_numpy(key.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    # only when CUDA is already initialised: asking earlier would start a CUDA context on a CPU run
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def restore_rng(state: Mapping) -> None:
+    """Put back what capture_rng() returned, so the next random draws repeat the saved run's."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["internal"].tolist()), py["gauss_next"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["algorithm"], npst["key"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        # a process sees every GPU of the node; restore those that exist on both machines
+        for index, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, index)
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Turning live state into something safe to write
+
+
+def _cpu_tensor(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    t = t.cpu().contiguous() if t.device.type != "cpu" else t.contiguous()
+    # a view of a larger storage would drag the whole storage into the file
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
+def _model_tensors(model_state: Mapping) -> dict[str, torch.Tensor]:
+    if not isinstance(model_state, Mapping):
+        raise TypeError(f"model_state must be a dict of tensors (model.state_dict()), got {type(model_state).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in model_state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"model_state key {key!r} is not a string")
+        if key.startswith("_orig_mod.") or "._orig_mod." in key:
+            # we refuse rather than strip: a checkpoint's keys are the plain module's, always
+            raise ValueError(f"model_state key {key!r} comes from a torch.compile'd module: pass the "
+                             f"uncompiled model's state_dict() (the module you handed to torch.compile)")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"model_state[{key!r}] is a {type(value).__name__}, not a tensor")
+        t = _cpu_tensor(value)
+        ptr = t.untyped_storage().data_ptr()
+        if ptr and ptr in seen:
+            # tied weights (e.g. embedding = head) share storage; safetensors refuses shared tensors,
+            # so store a copy; load_state_dict writes both keys into the one tied parameter
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[key] = t
+    return out
+
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _plain(obj, where: str):
+    """obj with every tensor moved to CPU; TypeError naming the path of anything weights_only rejects.
+
+    Checked at save time so that an unloadable optimizer state fails now, not at resume hours later.
+    """
+    if isinstance(obj, torch.Tensor):
+        return _cpu_tensor(obj)
+    if type(obj) in _PLAIN:
+        return obj
+    if isinstance(obj, np.generic) and isinstance(obj.item(), _PLAIN):
+        return obj.item()  # e.g. an lr computed with numpy: numpy scalars need unpickling code
+    if isinstance(obj, (bool, int, float, str)):
+        # subclasses (IntEnum, np.float64) pickle as their class; store the plain value
+        return next(t for t in (bool, int, float, str) if isinstance(obj, t))(obj)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}; only str and int keys can be saved")
+            out[k] = _plain(v, f"{where}[{k!r}]")
+        return out
+    if type(obj) in (list, tuple):  # not namedtuples: weights_only cannot rebuild their class
+        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}: only tensors, numbers, "
+                    f"strings, None and lists/tuples/dicts of them can be saved (torch.load weights_only)")
+
+
+def _json_bytes(obj, where: str) -> bytes:
+    try:
+        # NaN/inf stay allowed: a diverged run's metrics must not make its checkpoint unsaveable
+        return json.dumps(obj, indent=1).encode()
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{where} must be JSON-serialisable (plain dicts, lists, numbers, strings): {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Durable file operations
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # makes a rename or a new file's directory entry durable; directories cannot be opened on Windows
+    if os.name == "posix":
+        _fsync_path(path)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_torch(path: Path, obj) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_model(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    _fsync_path(path)
+
+
+def _swap_dirs(a: Path, b: Path) -> bool:
+    """Atomically exchange two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    # fails with EINVAL on filesystems without exchange support (some network filesystems)
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _install(temp: Path, final: Path) -> None:
+    """Rename the finished temp dir to its step name, replacing an existing step of that number."""
+    if not final.exists():
+        os.rename(temp, final)
+    elif _swap_dirs(temp, final):
+        shutil.rmtree(temp)  # temp now holds the replaced step
+    else:
+        # no atomic exchange: the step is absent for the instant between the two renames, and its
+        # previous copy survives as .old until then, so the step is complete or absent, never half
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(temp, final)
+        shutil.rmtree(old)
+    _fsync_dir(final.parent)
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a step dir so that no crash leaves a half-deleted one that still looks complete."""
+    if _STEP_RE.match(path.name):
+        gone = path.with_name(f".{path.name}.old")
+        shutil.rmtree(gone, ignore_errors=True)
+        os.rename(path, gone)
+        path = gone
+    shutil.rmtree(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Save
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    info = get_dist_info()
+    rank = info.rank if rank is None else rank
+    world_size = info.world_size if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != world_size:
+        # e.g. processes started by torch.multiprocessing without RANK/WORLD_SIZE in the environment
+        raise ValueError(f"torch.distributed has {dist.get_world_size()} processes but world_size is "
+                         f"{world_size}: pass rank= and world_size= explicitly")
+    return rank, world_size
+
+
+def _default_barrier() -> Callable[[], None]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.barrier
+    return lambda: None
+
+
+def save_checkpoint(
+    ckpt_dir: PathLike,
+    step: int,
+    *,
+    model_state: Mapping[str, torch.Tensor] | None,
+    optimizer_states: list[dict] | None,
+    meta: dict | None,
+    loader_state: dict | None = None,
+    rng: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+    barrier: Callable[[], None] | None = None,
+) -> Path:
+    """Write step `step` under ckpt_dir atomically and return its directory. Every rank calls this.
+
+    model_state: the uncompiled module's state_dict() (keys with torch.compile's `_orig_mod.` are
+        refused); only rank 0's is written, other ranks may pass None.
+    optimizer_states: this rank's optimizers' state_dicts (sharded optimizers differ per rank), or None.
+    meta: JSON-able dict for meta.json (model_config, train_config, metrics, phase, git commit...);
+        read on rank 0 only. RESERVED_META_KEYS are written by this function and may not be passed.
+    loader_state: this rank's JSON-able dataloader state; meta.json gets the list of every rank's.
+    rng: save this rank's RNG states (capture_rng) for an exact resume.
+    rank, world_size: default to the torchrun environment (common.get_dist_info).
+    barrier: defaults to torch.distributed.barrier when initialised, else a no-op.
+
+    Protocol: rank 0 makes the temp dir .step_N.tmp (removing one left by a crash), barrier, each rank
+    writes and fsyncs its optim/rng files, barrier, rank 0 writes the model and meta.json (last),
+    renames the dir to step_N, barrier. All ranks must see one shared filesystem. Saving a step that
+    exists replaces it (atomically on Linux), so a resumed run may save the step it resumed from.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    rank, world_size = _rank_and_world(rank, world_size)
+    barrier = barrier or _default_barrier()
+    final = ckpt_dir / _step_name(step)
+    temp = ckpt_dir / f".{final.name}.tmp"
+
+    # Validate and convert before anything is written: a bad argument fails with its own message
+    # and leaves no files (the other ranks then stop at the barrier's timeout, as on any rank error).
+    optim = None if optimizer_states is None else _plain(list(optimizer_states), "optimizer_states")
+    loader_json = None if loader_state is None else _json_bytes(loader_state, "loader_state")
+    if rank == 0:
+        if model_state is None or meta is None:
+            raise ValueError("rank 0 must pass model_state and meta")
+        clash = [k for k in RESERVED_META_KEYS if k in meta]
+        if clash:
+            raise ValueError(f"meta may not set {clash}: save_checkpoint writes these itself")
+        tensors = _model_tensors(model_state)
+        phase = meta.get("phase", _phase_of(ckpt_dir))
+        head = {"format": FORMAT, "phase": phase, "step": step, "world_size": world_size,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "has_optimizer": optim is not None, "has_rng": bool(rng)}
+        meta_out = {**head, **{k: v for k, v in meta.items() if k != "phase"}}
+        _json_bytes(meta_out, "meta")
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if temp.exists():
+            shutil.rmtree(temp)  # a crashed save of this same step
+        temp.mkdir()
+    barrier()
+
+    if optim is not None:
+        _write_torch(temp / optim_file(rank), optim)
+    if rng:
+        _write_torch(temp / rng_file(rank), capture_rng())
+    if loader_json is not None:
+        _write_bytes(temp / _loader_file(rank), loader_json)
+    barrier()
+
+    if rank == 0:
+        for r in range(world_size):
+            needed = ([optim_file(r)] if optim is not None else []) + ([rng_file(r)] if rng else [])
+            missing = [name for name in needed if not (temp / name).is_file()]
+            if missing:
+                raise RuntimeError(f"rank {r} did not write {missing} into {temp}: every rank must call "
+                                   f"save_checkpoint with the same optimizer/rng choices on a shared filesystem")
+        loader_states = []
+        for r in range(world_size):
+            path = temp / _loader_file(r)
+            loader_states.append(json.loads(path.read_bytes()) if path.is_file() else None)
+            path.unlink(missing_ok=True)
+        if any(s is not None for s in loader_states):
+            meta_out["loader_states"] = loader_states
+        _write_model(temp / MODEL_FILE, tensors)
+        # meta.json last: its presence is what marks a step directory complete
+        _write_bytes(temp / META_FILE, _json_bytes(meta_out, "meta"))
+        _fsync_dir(temp)
+        _install(temp, final)
+    barrier()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# Load
+
+
+@dataclass
+class Checkpoint:
+    """One loaded step, as seen by one rank."""
+
+    path: Path  # the step directory
+    step: int
+    meta: dict  # meta.json: model_config, train_config, metrics, loader_states (all ranks), ...
+    model_state: dict[str, torch.Tensor]
+    optimizer_states: list[dict] | None  # this rank's; None for model-only loads or none saved
+    rng: dict | None  # this rank's RNG states for restore_rng; None for model-only loads
+    loader_state: dict | None  # this rank's dataloader state; None for model-only loads
+
+
+def _load_torch(path: Path, device: str | torch.device):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from a checkpoint that should have it")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refused something other than tensors and plain containers: never run it
+        raise ValueError(f"{path} holds objects other than tensors and plain containers; refusing to load "
+                         f"it (checkpoints are read with torch.load(weights_only=True) only)") from e
+
+
+def load_checkpoint(
+    phase_or_dir: PathLike,
+    step: int | None = None,
+    *,
+    tag: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    load_optimizer: bool = True,
+    device: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Load a complete step (None = latest) for this rank: a phase name (+ tag) or a checkpoint dir.
+
+    load_optimizer=True (resuming) also loads this rank's optimizer states, RNG and loader state, and
+    requires the saved world size, since optimizer states are sharded per rank. load_optimizer=False
+    is the model-only load (fine-tuning from it, inference, a different world size): model and meta.
+    """
+    ckpt_dir, ok = _resolve(phase_or_dir, tag)
+    phase = phase_or_dir if isinstance(phase_or_dir, str) and phase_or_dir in PHASES else _phase_of(ckpt_dir)
+    steps = list_checkpoints(ckpt_dir) if ok else []
+    if not steps:
+        raise FileNotFoundError(_missing_message(phase, ckpt_dir))
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(f"no complete step {step} in {ckpt_dir}; available steps: "
+                                f"{', '.join(map(str, steps))}")
+    path = ckpt_dir / _step_name(step)
+    meta = json.loads((path / META_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path / META_FILE} has format {meta.get('format')!r}, this code reads {FORMAT!r}")
+
+    from safetensors.torch import load_file
+
+    model_state = load_file(str(path / MODEL_FILE), device=str(device))
+    optimizer_states = rng = loader_state = None
+    if load_optimizer:
+        rank, world_size = _rank_and_world(rank, world_size)
+        saved = meta["world_size"]
+        if saved != world_size:
+            raise ValueError(f"{path} was saved by {saved} ranks but this run has {world_size}: optimizer "
+                             f"states are sharded per rank, so resume with {saved} processes, or load "
+                             f"model-only (load_optimizer=False) and start the optimizers fresh")
+        if meta["has_optimizer"]:
+            optimizer_states = _load_torch(path / optim_file(rank), device)
+        if meta["has_rng"]:
+            rng = _load_torch(path / rng_file(rank), "cpu")  # RNG states are CPU byte tensors
+        if meta.get("loader_states"):
+            loader_state = meta["loader_states"][rank]
+    return Checkpoint(path, step, meta, model_state, optimizer_states, rng, loader_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prune
+
+
+def prune_checkpoints(ckpt_dir: PathLike, keep_last: int, *, keep_step: int | None = None) -> list[Path]:
+    """Keep the newest keep_last complete steps (<= 0: all) and remove older ones; returns what went.
+
+    Also removes temp dirs of dead saves at or below the newest complete step. keep_step (the step
+    just written, or being written) is never removed, complete or temp. Call on rank 0 only, after
+    save_checkpoint has returned, and never while another run writes into the same directory.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    steps = list_checkpoints(ckpt_dir)
+    doomed = []
+    if steps:
+        for d in sorted(ckpt_dir.iterdir()):
+            m = _TEMP_RE.match(d.name)
+            if m and int(m.group(1)) <= steps[-1] and int(m.group(1)) != keep_step and d.is_dir():
+                doomed.append(d)
+    # temp dirs first: removing step N goes through the name .step_N.old, which must be free by then
+    doomed += [ckpt_dir / _step_name(s) for s in (steps[:-keep_last] if keep_last > 0 else []) if s != keep_step]
+    for d in doomed:
+        _remove_dir(d)
+    return doomed

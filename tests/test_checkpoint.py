@@ -1,0 +1,348 @@
+"""Checkpoints: exact round trip, completeness, pruning, resume choice, safe loading, crashes, 2 ranks."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nanochat import checkpoint as ck
+from tests.conftest import REPO_ROOT, subprocess_env
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+        self.register_buffer("scale", torch.tensor(0.5))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))) * self.scale
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    model = TinyNet()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.95), weight_decay=0.1)
+
+
+def train(model, opt, first_step, n):
+    """n optimizer steps on batches fixed by the step number, so two runs see the same data."""
+    for step in range(first_step, first_step + n):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(5, 8, generator=g), torch.randn(5, 4, generator=g)
+        loss = ((model(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def save(d, step, model=None, opt=None, **kw):
+    model = model if model is not None else make(step)[0]
+    kw.setdefault("meta", {"model_config": {"depth": 2}})
+    kw.setdefault("rng", False)
+    return ck.save_checkpoint(d, step, model_state=model.state_dict(),
+                              optimizer_states=[opt.state_dict()] if opt is not None else None, **kw)
+
+
+def draws():
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_round_trip_is_exact(base_dir):
+    d = ck.checkpoint_dir("base", "d2")
+    assert d == base_dir / "base_checkpoints" / "d2"
+    model, opt = make()
+    train(model, opt, 0, 3)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = save(d, 3, model, opt, rng=True)
+    expected_draws = draws()
+    train(model, opt, 3, 4)  # the uninterrupted run
+
+    loaded = ck.load_checkpoint("base", tag="d2")
+    assert loaded.step == 3 and loaded.path == path
+    fresh, fresh_opt = make(seed=99)
+    fresh.load_state_dict(loaded.model_state)
+    fresh_opt.load_state_dict(loaded.optimizer_states[0])
+    train(fresh, fresh_opt, 3, 4)  # the resumed run
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    ck.restore_rng(loaded.rng)
+    assert draws() == expected_draws
+
+
+def test_model_tensors_bit_identical_with_dtypes_views_and_tied_weights(tmp_path):
+    big = torch.randn(6, 10)
+    state = {"bf16": torch.randn(4, 4).to(torch.bfloat16), "i64": torch.arange(5),
+             "t": big.t(), "slice": big[2:4], "emb": big, "head": big}  # head tied to emb
+    ck.save_checkpoint(tmp_path, 1, model_state=state, optimizer_states=None, meta={}, rng=False)
+    loaded = ck.load_checkpoint(tmp_path, load_optimizer=False).model_state
+    assert loaded.keys() == state.keys()
+    for k, v in state.items():
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v)
+
+
+def test_meta_json_and_files(base_dir):
+    d = ck.checkpoint_dir("sft", "d2")
+    model, opt = make()
+    train(model, opt, 0, 1)
+    meta = {"model_config": {"depth": 2, "vocab": 64}, "train_config": {"lr": 0.01, "tag": None},
+            "metrics": {"val_bpb": 1.25, "loss": float("nan")}}
+    path = save(d, 12, model, opt, meta=meta, rng=True, loader_state={"shard": 3, "row": 17})
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.safetensors", "optim_rank0.pt", "rng_rank0.pt"]
+    saved = json.loads((path / "meta.json").read_text())
+    assert saved["format"] == ck.FORMAT and saved["phase"] == "sft" and saved["step"] == 12
+    assert saved["world_size"] == 1 and saved["has_optimizer"] and saved["has_rng"]
+    assert saved["model_config"] == meta["model_config"] and saved["train_config"] == meta["train_config"]
+    assert saved["loader_states"] == [{"shard": 3, "row": 17}]
+    assert np.isnan(saved["metrics"]["loss"]) and saved["metrics"]["val_bpb"] == 1.25
+    assert time.time() - time.mktime(time.strptime(saved["saved_at"], "%Y-%m-%dT%H:%M:%SZ")) < 86400 * 2
+    assert ck.load_checkpoint(d).loader_state == {"shard": 3, "row": 17}
+
+
+def test_bad_arguments_fail_before_anything_is_written(tmp_path):
+    model, opt = make()
+    with pytest.raises(ValueError, match="may not set"):
+        save(tmp_path, 1, meta={"step": 5})
+    with pytest.raises(TypeError, match="meta must be JSON"):
+        save(tmp_path, 1, meta={"x": object()})
+    with pytest.raises(TypeError, match=r"optimizer_states\[0\]\['extra'\].*weights_only"):
+        ck.save_checkpoint(tmp_path, 1, model_state=model.state_dict(), meta={},
+                           optimizer_states=[{**opt.state_dict(), "extra": object()}])
+    with pytest.raises(ValueError, match="torch.compile'd module: pass the uncompiled"):
+        ck.save_checkpoint(tmp_path, 1, model_state={"_orig_mod.fc1.weight": torch.ones(2)},
+                           optimizer_states=None, meta={})
+    with pytest.raises(ValueError, match="non-negative int"):
+        save(tmp_path, -1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_numpy_scalars_in_optimizer_state_are_stored_plain(tmp_path):
+    model, opt = make()
+    state = opt.state_dict()
+    state["param_groups"][0]["lr"] = np.float64(0.5)
+    state["param_groups"][0]["muon_steps"] = np.int64(5)
+    ck.save_checkpoint(tmp_path, 1, model_state=model.state_dict(), optimizer_states=[state], meta={})
+    group = ck.load_checkpoint(tmp_path).optimizer_states[0]["param_groups"][0]
+    assert type(group["lr"]) is float and group["lr"] == 0.5 and type(group["muon_steps"]) is int
+
+
+def test_latest_is_highest_complete_step(base_dir):
+    d = ck.checkpoint_dir("base", "d2")
+    assert ck.latest_step("base", "d2") is None and ck.list_checkpoints("base") == []
+    for step in (1, 5, 3):
+        save(d, step)
+    (d / ".step_000009.tmp").mkdir()  # a save still running, or killed
+    (d / ".step_000009.tmp" / "model.safetensors").write_bytes(b"partial")
+    (d / "step_000010").mkdir()  # a half-copied folder without meta.json
+    assert ck.list_checkpoints(d) == [1, 3, 5]
+    assert ck.list_checkpoints("base", "d2") == [1, 3, 5]
+    assert ck.latest_step("base") == 5  # tag None: the tag holding the newest checkpoint
+    assert ck.load_checkpoint("base").step == 5
+    assert ck.load_checkpoint(d, 3).step == 3
+
+    save(ck.checkpoint_dir("base", "d4"), 2)
+    assert ck.checkpoint_dir("base") == base_dir / "base_checkpoints" / "d4"
+    with pytest.raises(ValueError, match="valid phases are base, mid, sft, rl"):
+        ck.checkpoint_dir("pretrain", "d2")
+    with pytest.raises(ValueError, match="plain folder name"):
+        ck.checkpoint_dir("base", "../x")
+
+
+def test_missing_checkpoint_says_what_to_train(base_dir):
+    with pytest.raises(FileNotFoundError, match=r"no base checkpoint in .*d9: train one with python -m scripts.base_train"):
+        ck.load_checkpoint("base", tag="d9")
+    with pytest.raises(FileNotFoundError, match=r"no sft checkpoint in .*chatsft_checkpoints: train one with python -m scripts.chat_sft"):
+        ck.load_checkpoint("sft")
+    with pytest.raises(FileNotFoundError, match=r"no mid checkpoint .*scripts.mid_train"):
+        ck.checkpoint_dir("mid")
+    save(ck.checkpoint_dir("rl", "d2"), 4)
+    with pytest.raises(FileNotFoundError, match="no complete step 5 in .*; available steps: 4"):
+        ck.load_checkpoint("rl", 5)
+
+
+def test_prune_keeps_newest_and_cleans_dead_temp_dirs(tmp_path):
+    for step in range(1, 6):
+        save(tmp_path, step)
+    for stale in (".step_000002.tmp", ".step_000003.old", ".step_000007.tmp"):
+        (tmp_path / stale).mkdir()
+    removed = ck.prune_checkpoints(tmp_path, 0)
+    assert sorted(p.name for p in removed) == [".step_000002.tmp", ".step_000003.old"]
+    assert ck.list_checkpoints(tmp_path) == [1, 2, 3, 4, 5]  # keep_last 0 keeps every step
+    save(tmp_path, 6)
+    (tmp_path / ".step_000002.tmp").mkdir()
+    ck.prune_checkpoints(tmp_path, 2, keep_step=2)
+    assert ck.list_checkpoints(tmp_path) == [2, 5, 6]  # keep_step survives, complete or temp
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # a temp dir above the newest step may belong to a live or later save: left alone
+    assert names == [".step_000002.tmp", ".step_000007.tmp", "step_000002", "step_000005", "step_000006"]
+    (tmp_path / ".step_000005.old").mkdir()  # a dead prune's leftover, for a step pruned now
+    ck.prune_checkpoints(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".step_000007.tmp", "step_000006"]
+    assert ck.load_checkpoint(tmp_path).step == 6
+
+
+def test_find_resume(tmp_path):
+    assert ck.find_resume(tmp_path, "") is None
+    assert ck.find_resume(tmp_path, "auto") is None  # nothing yet: start fresh
+    save(tmp_path, 1)
+    save(tmp_path, 3)
+    assert ck.find_resume(tmp_path, "auto") == 3
+    assert ck.find_resume(tmp_path, "1") == 1 and ck.find_resume(tmp_path, 3) == 3
+    with pytest.raises(FileNotFoundError, match="resume=2: no complete step 2 in .*; available steps: 1, 3"):
+        ck.find_resume(tmp_path, "2")
+    with pytest.raises(FileNotFoundError, match="available steps: none"):
+        ck.find_resume(tmp_path / "empty", "2")
+    with pytest.raises(ValueError, match="'auto' or a step number"):
+        ck.find_resume(tmp_path, "latest")
+
+
+class Payload:
+    """Unpickling this would run code: it must never happen on load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("victim", ["optim_rank0.pt", "rng_rank0.pt"])
+def test_load_refuses_pickled_objects(tmp_path, victim):
+    model, opt = make()
+    path = save(tmp_path, 1, model, opt, rng=True)
+    marker = tmp_path / "pwned"
+    torch.save({"state": {}, "param_groups": [], "x": Payload(str(marker))}, path / victim)
+    with pytest.raises(ValueError, match="refusing to load"):
+        ck.load_checkpoint(tmp_path)
+    assert not marker.exists()
+    assert ck.load_checkpoint(tmp_path, load_optimizer=False).step == 1  # model-only never reads them
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_saving_a_step_again_replaces_it(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(ck, "_swap_dirs", lambda a, b: False)
+    save(tmp_path, 2, make(1)[0])
+    second = make(2)[0]
+    save(tmp_path, 2, second)
+    loaded = ck.load_checkpoint(tmp_path).model_state
+    assert all(torch.equal(loaded[k], v) for k, v in second.state_dict().items())
+    assert [p.name for p in tmp_path.iterdir()] == ["step_000002"]
+
+
+def test_barrier_protocol_single_process(tmp_path):
+    calls = []
+    save(tmp_path, 1, barrier=lambda: calls.append(sorted(p.name for p in tmp_path.iterdir())))
+    # after prepare: only the temp dir; after the per-rank files: still temp; after the rename: the step
+    assert calls == [[".step_000001.tmp"], [".step_000001.tmp"], ["step_000001"]]
+
+
+CRASH_CHILD = """
+import sys, torch
+from nanochat.checkpoint import save_checkpoint
+# 256 MB of weights and 256 MB of optimizer state: writing them takes long enough to be killed mid-way
+big = {f"w{i}": torch.full((1024, 1024), float(i)) for i in range(64)}
+optim = [{"state": {i: {"exp_avg": torch.ones(1024, 1024)} for i in range(64)}, "param_groups": []}]
+save_checkpoint(sys.argv[1], 2, model_state=big, optimizer_states=optim, meta={})
+"""
+
+
+def test_sigkill_mid_write_keeps_previous_checkpoint(tmp_path):
+    model, opt = make()
+    save(tmp_path, 1, model, opt, rng=True)
+    temp = tmp_path / ".step_000002.tmp"
+    child = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, str(tmp_path)], cwd=REPO_ROOT,
+                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        # wait until the child is inside the write (its first per-rank file exists), then kill -9
+        while not (temp / "optim_rank0.pt").exists():
+            assert child.poll() is None, child.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the child never started writing"
+            time.sleep(0.001)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert temp.is_dir() and not (tmp_path / "step_000002").exists()
+    assert ck.list_checkpoints(tmp_path) == [1] and ck.find_resume(tmp_path, "auto") == 1
+    loaded = ck.load_checkpoint(tmp_path)
+    assert all(torch.equal(loaded.model_state[k], v) for k, v in model.state_dict().items())
+
+    save(tmp_path, 2, model, opt)  # the resumed run saves the same step again: the stale temp goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001", "step_000002"]
+    assert ck.load_checkpoint(tmp_path).step == 2
+
+
+def two_rank_worker(rank, world_size, ckpt_dir, init_file):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model, opt = make()
+        train(model, opt, 100 * rank, 2)  # ranks see different data, so their optimizer states differ
+        ck.save_checkpoint(ckpt_dir, 7, model_state=model.state_dict() if rank == 0 else None,
+                           optimizer_states=[opt.state_dict()], meta={"note": "two"} if rank == 0 else None,
+                           loader_state={"rank": rank, "row": 10 * rank})
+        loaded = ck.load_checkpoint(ckpt_dir)  # rank and world size from the environment
+        mine = opt.state_dict()["state"]
+        theirs = loaded.optimizer_states[0]["state"]
+        assert mine.keys() == theirs.keys()
+        for i in mine:
+            for name in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(mine[i][name], theirs[i][name]), (rank, i, name)
+        assert loaded.loader_state == {"rank": rank, "row": 10 * rank} and loaded.rng is not None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_write_one_complete_step(tmp_path):
+    ckpt_dir = tmp_path / "mid_checkpoints" / "d2"
+    # fork, not spawn: the ranks start in milliseconds instead of importing torch again each
+    ctx = torch.multiprocessing.start_processes(two_rank_worker, args=(2, str(ckpt_dir), str(tmp_path / "store")),
+                                                nprocs=2, join=False, start_method="fork")
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=1):  # re-raises a rank's failure
+            assert time.monotonic() < deadline, "two-rank save hung (a barrier never completed)"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    path = ckpt_dir / "step_000007"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step_000007"]
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.safetensors", "optim_rank0.pt",
+                                                      "optim_rank1.pt", "rng_rank0.pt", "rng_rank1.pt"]
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["phase"] == "mid" and meta["note"] == "two"
+    assert meta["loader_states"] == [{"rank": 0, "row": 0}, {"rank": 1, "row": 10}]
+    one = ck.load_checkpoint(ckpt_dir, rank=1, world_size=2)
+    zero = ck.load_checkpoint(ckpt_dir, rank=0, world_size=2)
+    assert not torch.equal(one.optimizer_states[0]["state"][0]["exp_avg"], zero.optimizer_states[0]["state"][0]["exp_avg"])
+    with pytest.raises(ValueError, match="saved by 2 ranks but this run has 1: .*load_optimizer=False"):
+        ck.load_checkpoint(ckpt_dir)
+    model_only = ck.load_checkpoint(ckpt_dir, load_optimizer=False)
+    assert model_only.optimizer_states is None and len(model_only.meta["loader_states"]) == 2
