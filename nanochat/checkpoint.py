@@ -519,6 +519,15 @@ def _load_torch(path: Path, device: str | torch.device):
                          f"it (checkpoints are read with torch.load(weights_only=True) only)") from e
 
 
+def read_meta(ckpt_dir: PathLike, step: int) -> dict:
+    """meta.json of one complete step, without touching the tensors (e.g. to compare world sizes)."""
+    path = Path(ckpt_dir) / _step_name(step) / "meta.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no complete checkpoint at {path.parent}") from None
+
+
 def load_checkpoint(
     phase_or_dir: PathLike,
     step: int | None = None,
