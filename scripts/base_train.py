@@ -278,6 +278,9 @@ def main(opts: Options) -> dict:
         if scaler is not None:
             scaler.update()
         model.zero_grad(set_to_none=True)
+        if info.is_distributed:  # log the global mean loss, not rank 0's share
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= info.world_size
         train_loss = (loss_sum / grad_accum).item()  # .item() syncs, so dt below is the real step time
         if not math.isfinite(train_loss):
             raise ValueError(f"training loss became {train_loss} at step {step}: lower the learning rates or use bf16/fp32")
