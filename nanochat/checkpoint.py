@@ -605,3 +605,22 @@ def prune_checkpoints(ckpt_dir: PathLike, keep_last: int, *, keep_step: int | No
     for d in doomed:
         _remove_dir(d)
     return doomed
+
+
+def load_model(phase_or_dir: PathLike, step: int | None = None, *, tag: str | None = None,
+               device: str | torch.device = "cpu"):
+    """Rebuild the model a checkpoint was saved from (its meta's model_config) and load its weights.
+
+    Returns (model in eval mode, meta). Model-only: works for any world size.
+    """
+    from nanochat.gpt import GPT, GPTConfig
+
+    saved = load_checkpoint(phase_or_dir, step, tag=tag, load_optimizer=False, device=device)
+    config = GPTConfig(**saved.meta["model_config"])
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()  # fills the rotary tables, which are not part of the saved state
+    model.load_state_dict(saved.model_state)
+    model.eval()
+    return model, saved.meta

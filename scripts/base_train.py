@@ -79,10 +79,6 @@ class Options:
             raise ValueError("set one of --num_iterations, --target_flops or --target_param_data_ratio")
 
 
-SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
-                  "The opposite of hot is", "My favorite color is"]
-
-
 def batch_plan(opts: Options, world_size: int) -> tuple[int, int]:
     """(total tokens per step, gradient accumulation steps); a total that does not divide fails clearly."""
     per_pass = opts.device_batch_size * opts.max_seq_len * world_size
@@ -114,23 +110,6 @@ class LoopState:
     min_val_bpb: float = float("inf")
 
 
-def greedy_sample(model, tokenizer, prompt: str, max_new: int, device, autocast) -> str:
-    """Plain greedy continuation with full recompute: enough for a progress glance during training."""
-    import torch
-
-    ids = tokenizer.encode(prompt, prepend="<|bos|>")
-    x = torch.tensor([ids], dtype=torch.long, device=device)
-    with torch.no_grad():
-        for _ in range(max_new):
-            with autocast:
-                logits = model(x[:, -model.config.sequence_len:])  # (1, T, V)
-            nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (1, 1)
-            if nxt.item() == tokenizer.bos_token_id:
-                break
-            x = torch.cat([x, nxt], dim=1)  # (1, T+1)
-    return tokenizer.decode(x[0, len(ids):].tolist())
-
-
 def main(opts: Options) -> dict:
     import torch
 
@@ -138,6 +117,7 @@ def main(opts: Options) -> dict:
     from nanochat.common import autocast, compute_cleanup, compute_init, resolve_dtype
     from nanochat.dataloader import TokenLoader
     from nanochat.dataset import list_shards
+    from nanochat.engine import SAMPLE_PROMPTS, greedy_continuation
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.hardware import mfu, peak_flops
     from nanochat.loss_eval import evaluate_bpb
@@ -236,7 +216,7 @@ def main(opts: Options) -> dict:
             log.record(step, val_bpb=val_bpb)
         if info.is_master and opts.sample_every > 0 and (last or step % opts.sample_every == 0) and step > 0:
             for prompt in SAMPLE_PROMPTS:
-                print0(f"sample: {prompt!r} -> {greedy_sample(model, tokenizer, prompt, 16, device, amp)!r}")
+                print0(f"sample: {prompt!r} -> {greedy_continuation(model, tokenizer, prompt, 16, amp)!r}")
         if (last or (opts.save_every > 0 and step % opts.save_every == 0 and step > 0)
                 or (opts.save_initial and step == 0 and resume_step is None)):
             save(step)

@@ -8,9 +8,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def base_dir(tmp_path, monkeypatch):
-    """A fresh NANOCHAT_BASE_DIR so no test reads or writes the user's ~/.cache/nanochat."""
+    """A fresh NANOCHAT_BASE_DIR for every test, so none reads or writes the user's ~/.cache/nanochat."""
     path = tmp_path / "nanochat_base"
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(path))
     return path
