@@ -5,51 +5,26 @@ import base64
 import json
 import logging
 import random
-from collections import Counter
 
 import numpy as np
 import pytest
 import regex
 
 from nanochat.tokenizer import FILE_NAME, SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
+from tests.bpe_reference import merge_pair, train_reference
 
 # ---- a slow reference: BPE training and encoding by the rules the Rust trainer follows
 
 
 def py_train(texts, n_tokens, pattern=SPLIT_PATTERN):
-    """BPE up to n_tokens tokens (256 bytes + merges). Pair count = sum over distinct chunks of
-    chunk count x adjacent occurrences; the highest count wins, ties go to the smallest (left, right);
-    a merge replaces occurrences left to right without overlap."""
-    counts = Counter(chunk for text in texts for chunk in regex.findall(pattern, text))
-    words = [(list(chunk.encode("utf-8")), n) for chunk, n in counts.items()]
+    """The reference merges (tests/bpe_reference.py) and the ranks they define."""
+    merges = train_reference(texts, n_tokens, pattern)
     vocab = [bytes([b]) for b in range(256)]
-    merges = []
-    while len(vocab) < n_tokens:
-        pairs = Counter()
-        for ids, n in words:
-            for pair in zip(ids, ids[1:]):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        vocab.append(vocab[best[0]] + vocab[best[1]])
-        words = [(apply_merge(ids, best, len(vocab) - 1), n) for ids, n in words]
+    for left, right in merges:
+        vocab.append(vocab[left] + vocab[right])
     ranks = {token: rank for rank, token in enumerate(vocab)}
     assert len(ranks) == len(vocab), "two merges produced the same bytes"
     return merges, ranks
-
-
-def apply_merge(ids, pair, new_id):
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
 
 
 def py_encode(text, merges, pattern=SPLIT_PATTERN):
@@ -60,7 +35,7 @@ def py_encode(text, merges, pattern=SPLIT_PATTERN):
         for rank, pair in enumerate(merges):
             if len(ids) < 2:
                 break
-            ids = apply_merge(ids, pair, 256 + rank)
+            ids = merge_pair(ids, pair, 256 + rank)
         out.extend(ids)
     return out
 
