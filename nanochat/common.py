@@ -16,6 +16,18 @@ BASE_DIR_ENV = "NANOCHAT_BASE_DIR"
 DEFAULT_BASE_DIR = Path("~/.cache/nanochat")
 
 
+def write_json_atomic(path: str | os.PathLike, data, **dump_kwargs) -> Path:
+    """Write JSON to a temp name beside `path`, then rename: a reader sees the old file or the new one."""
+    import json
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    dump_kwargs.setdefault("indent", 2)
+    tmp.write_text(json.dumps(data, **dump_kwargs) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def get_base_dir(create: bool = True) -> Path:
     """Where every artifact lives: $NANOCHAT_BASE_DIR, else ~/.cache/nanochat.
 

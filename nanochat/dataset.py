@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nanochat.common import get_base_dir, get_dist_info, print0, run_main
+from nanochat.common import get_base_dir, get_dist_info, print0, run_main, write_json_atomic
 from nanochat.config import format_config, parse_args
 from nanochat.download import USER_AGENT, DownloadError, download_many
 from nanochat.shards import (
@@ -215,9 +215,7 @@ def data_dir_of(source: str | DataSource) -> Path:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    write_json_atomic(path, data, indent=1, sort_keys=True, ensure_ascii=False)
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict | None:

@@ -8,13 +8,11 @@ downloaded on first use and cached); offline it says so and goes on.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanochat.common import get_base_dir, print0, run_main, setup_logging
+from nanochat.common import get_base_dir, print0, run_main, setup_logging, write_json_atomic
 from nanochat.config import parse_args
 
 # Short samples written for this project; the larger English/Korean/code samples are read from the
@@ -131,9 +129,7 @@ def evaluate(opts: Options) -> dict:
             line += f"{row[lab]:>12,}{row['bytes'] / max(row[lab], 1):>12.2f}"
         print0(line)
     result = {"tokenizer_dir": str(tok_dir), "n_vocab": tokenizer.n_vocab, "rows": rows, "missing": missing}
-    tmp = tok_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, tok_dir / "eval.json")
+    write_json_atomic(tok_dir / "eval.json", result)
     return result
 
 

@@ -10,13 +10,11 @@ the format) with train_meta.json beside it (what it was trained on, how long it 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanochat.common import get_base_dir, print0, run_main, setup_logging
+from nanochat.common import get_base_dir, print0, run_main, setup_logging, write_json_atomic
 from nanochat.config import format_config, parse_args, to_dict
 from nanochat.text_sources import iter_texts
 
@@ -67,9 +65,7 @@ def main(opts: Options) -> Path:
         "seconds": round(seconds, 3),
         "n_vocab": tokenizer.n_vocab,
     }
-    tmp = out_dir / "train_meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out_dir / "train_meta.json")
+    write_json_atomic(out_dir / "train_meta.json", meta)
     rate = counter["chars"] / max(seconds, 1e-9) / 1e6
     print0(
         f"trained vocab {tokenizer.n_vocab} on {counter['docs']:,} documents, {counter['chars']:,} chars "
