@@ -294,6 +294,37 @@ class Tokenizer:
             ids, mask = ids[:max_tokens], mask[:max_tokens]
         return ids, mask
 
+    def parse_assistant(self, ids: Sequence[int]) -> list[dict]:
+        """The inverse of rendering an assistant message: generated ids -> content parts.
+
+        Text, <|python_start|>code<|python_end|> and <|output_start|>out<|output_end|> become
+        {"type": "text" | "python" | "python_output", "text": ...} parts; reading stops at
+        <|assistant_end|> or <|bos|>; other special tokens are dropped.
+        """
+        sp = self._special
+        kinds = {sp["<|python_start|>"]: "python", sp["<|output_start|>"]: "python_output",
+                 sp["<|python_end|>"]: "text", sp["<|output_end|>"]: "text"}
+        stops = {sp["<|assistant_end|>"], sp["<|bos|>"]}
+        parts: list[dict] = []
+        kind, buf = "text", []
+
+        def flush() -> None:
+            if buf:
+                parts.append({"type": kind, "text": self.decode(buf)})
+                buf.clear()
+
+        for t in ids:
+            t = int(t)
+            if t in stops:
+                break
+            if t in kinds:
+                flush()
+                kind = kinds[t]
+            elif t < self.n_vocab - len(sp):  # any other special token is dropped
+                buf.append(t)
+        flush()
+        return parts
+
     def render_for_completion(self, conversation: dict) -> list[int]:
         """Prompt ids for generating the assistant's next reply: the conversation without its last
         assistant message (if it ends with one, e.g. a task's reference answer), then <|assistant_start|>."""

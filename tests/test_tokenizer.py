@@ -497,3 +497,16 @@ def test_train_from_iterator_vocab_too_small():
     # checked before the extension is needed, so this runs everywhere
     with pytest.raises(ValueError, match=r"vocab_size must be an int >= 265"):
         Tokenizer.train_from_iterator(["abc"], 264)
+
+
+def test_parse_assistant_inverts_rendering_of_tool_use():
+    tok = Tokenizer.from_ranks({bytes([i]): i for i in range(256)}, SPLIT_PATTERN)
+    parts = [{"type": "text", "text": "Let me compute. "}, {"type": "python", "text": "2+3"},
+             {"type": "python_output", "text": "5"}, {"type": "text", "text": "It is 5. 한국어 😀"}]
+    conv = {"messages": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": parts}]}
+    ids, _ = tok.render_conversation(conv)
+    start = ids.index(tok.encode_special("<|assistant_start|>")) + 1
+    generated = ids[start:] + tok.encode("never read")  # reading stops at <|assistant_end|>
+    assert tok.parse_assistant(generated) == parts
+    assert tok.parse_assistant(tok.encode("plain") + [tok.bos_token_id, 65]) == [{"type": "text", "text": "plain"}]
+    assert tok.parse_assistant([]) == []
