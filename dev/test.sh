@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 # bench (PyPI rustbpe, HF tokenizers) and ko (konlpy) so the parity and Korean tests run, not skip
 export NANOCHAT_EXTRAS="${NANOCHAT_EXTRAS:-bench,ko}"
 source dev/setup_env.sh
+# the web UI test drives Debian's Chromium through Playwright (never `playwright install`: it needs a CDN)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "error: the browser test needs chromium: sudo apt-get install chromium" >&2; exit 1
+  fi
+fi
 (cd rustbpe && cargo test --quiet)
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

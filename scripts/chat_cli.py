@@ -1,0 +1,114 @@
+"""Chat with a trained model in the terminal.
+
+    python -m scripts.chat_cli -p "Why is the sky blue?"     # answer once and exit
+    python -m scripts.chat_cli                               # interactive; 'clear' starts over, 'quit' exits
+    python -m scripts.chat_cli --source=base --temperature=0 --max_tokens=64
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from nanochat.common import print0, run_main, setup_logging
+from nanochat.config import parse_args
+
+SOURCES = ("base", "mid", "sft", "rl")
+
+
+@dataclass
+class Options:
+    prompt: str = ""  # answer this once and exit (alias -p); empty = interactive chat
+    source: str = "sft"  # which phase's checkpoint: base | mid | sft | rl
+    model_tag: str = ""  # checkpoint folder ('' = the most recently saved)
+    step: int = -1  # checkpoint step (-1 = latest)
+    temperature: float = 0.6  # 0 = greedy
+    top_k: int = 50  # sample among the k most likely tokens (0 = all)
+    max_tokens: int = 512  # longest answer in tokens
+    device_type: str = ""  # cuda | mps | cpu ('' = autodetect)
+    seed: int = 42  # sampling seed
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"--temperature must be within [0, 2], got {self.temperature}")
+        if self.top_k < 0 or self.max_tokens < 1:
+            raise ValueError(f"--top_k must be >= 0 and --max_tokens >= 1, got {self.top_k}, {self.max_tokens}")
+
+
+class StreamText:
+    """Turns a growing list of token ids into printable text deltas, holding back a multi-byte
+    character split across tokens until it is complete (its partial bytes decode to U+FFFD)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.shown = text[self.shown :], len(text)
+        return delta
+
+
+def answer(engine, conversation: dict, opts: Options, out=sys.stdout) -> str:
+    """Stream the assistant's reply to `out` and return it; the reply is also appended to the conversation."""
+    tokenizer = engine.tokenizer
+    ids = tokenizer.render_for_completion(conversation)
+    stops = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.bos_token_id}
+    stream = StreamText(tokenizer)
+    for column, _masks in engine.generate(ids, num_samples=1, max_tokens=opts.max_tokens, temperature=opts.temperature,
+                                          top_k=opts.top_k or None, seed=opts.seed):
+        token = column[0]
+        if token in stops:
+            break
+        out.write(stream.add(token))
+        out.flush()
+    out.write("\n")
+    # back into the conversation as parts, so a tool call renders as a tool call next turn
+    parts = tokenizer.parse_assistant(stream.ids)
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        content = parts[0]["text"]
+    else:
+        content = parts or "..."  # an empty reply still has to be a valid turn
+    conversation["messages"].append({"role": "assistant", "content": content})
+    reply = "".join(p["text"] for p in parts)
+    return reply
+
+
+def main(opts: Options) -> None:
+    from nanochat.common import resolve_device_type
+    from nanochat.engine import load_engine
+
+    engine = load_engine(opts.source, model_tag=opts.model_tag or None, step=None if opts.step < 0 else opts.step,
+                         device=resolve_device_type(opts.device_type))
+    conversation: dict = {"messages": []}
+    if opts.prompt:
+        conversation["messages"].append({"role": "user", "content": opts.prompt})
+        answer(engine, conversation, opts)
+        return
+    print0("nanochat: type a message; 'clear' starts a new conversation, 'quit' (or Ctrl-D) exits")
+    while True:
+        try:
+            text = input("\nYou: ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if text.lower() in ("quit", "exit"):
+            return
+        if text.lower() == "clear":
+            conversation = {"messages": []}
+            print("(conversation cleared)")
+            continue
+        if not text:
+            continue
+        conversation["messages"].append({"role": "user", "content": text})
+        sys.stdout.write("Assistant: ")
+        answer(engine, conversation, opts)
+
+
+if __name__ == "__main__":
+    setup_logging()
+    run_main(main, parse_args(Options, prog="python -m scripts.chat_cli", description=__doc__, aliases={"-p": "prompt"}))
