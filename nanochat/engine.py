@@ -185,7 +185,7 @@ class Engine:
         prefill = cache(1)
         ids = torch.tensor([tokens], dtype=torch.long, device=device)  # (1, P)
         with amp:
-            logits = model(ids, kv_cache=prefill)[:, -1]  # (1, P, V) -> (1, V)
+            logits = model(ids, kv_cache=prefill, last_only=True)[:, -1]  # (1, 1, V) -> (1, V)
         kv = prefill if num_samples == 1 else prefill.expand(num_samples)
         del prefill  # the batch-1 copy is no longer needed once expanded
         logits = logits.expand(num_samples, -1)  # (N, V)

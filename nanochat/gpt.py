@@ -283,8 +283,12 @@ class GPT(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         loss_reduction: str = "mean",
+        last_only: bool = False,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, V) in fp32, or the loss if targets (B, T) is given.
+
+        last_only: logits (B, 1, V) of the last position only: a prefill needs no more, and the
+        vocabulary-wide head over every prompt position would dominate its time.
 
         Targets of -1 are ignored. loss_reduction: "mean" over the non-ignored tokens (0 when all are
         ignored, not NaN, so a fully masked micro-batch cannot poison training), "sum", or "none"
@@ -315,7 +319,7 @@ class GPT(nn.Module):
             kv_cache.advance(T)
 
         if targets is None:
-            return self._logits(x)  # (B, T, V)
+            return self._logits(x[:, -1:] if last_only else x)  # (B, T or 1, V)
         losses = self._chunked_token_losses(x.view(B * T, -1), targets.reshape(B * T))  # (N,)
         if loss_reduction == "none":
             return losses.view(B, T)  # (B, T)

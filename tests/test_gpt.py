@@ -395,3 +395,15 @@ def test_bf16_autocast_with_fp32_cache_runs():
         logits = model(torch.randint(0, 256, (1, 4)), kv_cache=cache)
         logits = model(torch.randint(0, 256, (1, 1)), kv_cache=cache)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_last_only_logits_equal_the_last_position_of_all_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=32, vocab_size=300, n_layer=2, n_embd=64, n_head=2, n_kv_head=2)).eval()
+    idx = torch.randint(0, 300, (2, 17))
+    with torch.no_grad():
+        full = model(idx)  # (2, 17, 300)
+        last = model(idx, last_only=True)  # (2, 1, 300)
+    assert last.shape == (2, 1, 300)
+    # same maths; a 1-row matmul may block differently from a 17-row one, hence a tolerance, not equality
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
