@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import codecs
 import sys
 from dataclasses import dataclass
 
@@ -37,38 +38,25 @@ class Options:
             raise ValueError(f"--top_k must be >= 0 and --max_tokens >= 1, got {self.top_k}, {self.max_tokens}")
 
 
-class StreamText:
-    """Turns a growing list of token ids into printable text deltas, holding back a multi-byte
-    character split across tokens until it is complete (its partial bytes decode to U+FFFD)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        delta, self.shown = text[self.shown :], len(text)
-        return delta
-
-
 def answer(engine, conversation: dict, opts: Options, out=sys.stdout) -> str:
     """Stream the assistant's reply to `out` and return it; the reply is also appended to the conversation."""
     tokenizer = engine.tokenizer
     ids = tokenizer.render_for_completion(conversation)
     stops = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.bos_token_id}
-    stream = StreamText(tokenizer)
+    # a character split across tokens is held back until its last byte arrives
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    generated = []
     for column, _masks in engine.generate(ids, num_samples=1, max_tokens=opts.max_tokens, temperature=opts.temperature,
                                           top_k=opts.top_k or None, seed=opts.seed):
         token = column[0]
         if token in stops:
             break
-        out.write(stream.add(token))
+        generated.append(token)
+        out.write(decoder.decode(tokenizer.id_to_token_bytes(token)))
         out.flush()
-    out.write("\n")
+    out.write(decoder.decode(b"", final=True) + "\n")
     # back into the conversation as parts, so a tool call renders as a tool call next turn
-    parts = tokenizer.parse_assistant(stream.ids)
+    parts = tokenizer.parse_assistant(generated)
     if len(parts) == 1 and parts[0]["type"] == "text":
         content = parts[0]["text"]
     else:
