@@ -289,7 +289,7 @@ class Tokenizer:
         strictly alternating, starting with user. User content is a str; assistant content is a str or a
         list of parts {"type": "text"|"python"|"python_output", "text": str}.
         """
-        ids, mask = self._render(_check_conversation(conversation))
+        ids, mask = self._render(check_conversation(conversation))
         if max_tokens is not None:
             ids, mask = ids[:max_tokens], mask[:max_tokens]
         return ids, mask
@@ -328,7 +328,7 @@ class Tokenizer:
     def render_for_completion(self, conversation: dict) -> list[int]:
         """Prompt ids for generating the assistant's next reply: the conversation without its last
         assistant message (if it ends with one, e.g. a task's reference answer), then <|assistant_start|>."""
-        messages = _check_conversation(conversation)
+        messages = check_conversation(conversation)
         if messages[-1][0] == "assistant":
             messages = messages[:-1]
         ids, _ = self._render(messages)
@@ -393,7 +393,7 @@ def _check_special_names(names: object) -> None:
         raise ValueError(f"special tokens must be distinct non-empty str, got {list(names)!r}")
 
 
-def _check_conversation(conversation: object) -> list[tuple[str, str | list[dict]]]:
+def check_conversation(conversation: object) -> list[tuple[str, str | list[dict]]]:
     """Validate a conversation; returns (role, content) pairs with the system message folded into the
     first user message, so that what follows only sees user/assistant alternating."""
     if not isinstance(conversation, dict):
