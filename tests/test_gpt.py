@@ -205,9 +205,12 @@ def test_forward_matches_slow_reference(cfg):
 # ---- chunked loss ----
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "checkpointed"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_chunked_loss_and_grads_equal_full_logits(reduction):
+def test_chunked_loss_and_grads_equal_full_logits(reduction, fused, monkeypatch):
     model = make_model(vocab_size=256)
+    # fused: the CPU training path (_HeadLossSum); checkpointed: the path CUDA and reduction="none" take
+    monkeypatch.setattr(model, "_fused_loss_ok", lambda x: fused)
     model.loss_chunk_elements = 7 * 256  # 7 rows a chunk: 64 rows -> 10 chunks, the last short
     idx = torch.randint(0, 256, (2, 32))
     targets = idx.roll(-1, 1)
@@ -241,10 +244,12 @@ def test_chunked_loss_and_grads_equal_full_logits(reduction):
         assert (loss_c[targets == -1] == 0).all()
 
 
-def test_chunked_loss_never_saves_full_logits():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "checkpointed"])
+def test_chunked_loss_never_saves_full_logits(fused, monkeypatch):
     assert LOSS_CHUNK_ELEMENTS >= 2**20  # the production knob is a module constant
     V = 512  # not 4 x n_embd, so no MLP activation has the logits' last dimension
     model = make_model(vocab_size=V).train()
+    monkeypatch.setattr(model, "_fused_loss_ok", lambda x: fused)
     idx = torch.randint(0, V, (4, 64))
     N = idx.numel()
 
@@ -262,6 +267,9 @@ def test_chunked_loss_never_saves_full_logits():
         loss.backward()
         return max(sizes, default=0)
 
+    if fused:  # gradients are formed inside forward: nothing vocabulary-wide is saved, chunked or not
+        assert largest_saved_logits(N * V) == 0 and largest_saved_logits(16 * V) == 0
+        return
     assert largest_saved_logits(N * V) >= N * V  # one chunk: autograd keeps the (N, V) logits
     assert largest_saved_logits(16 * V) == 0  # chunked: checkpointed chunks save no logits at all
 
