@@ -116,3 +116,12 @@ class GSM8K(Task):
     def reward(self, conversation: dict, completion: str) -> float:
         # binary for now: partial credit (e.g. for a well-formed tool call) would be easy to game
         return float(self.evaluate(conversation, completion))
+
+
+def load_gsm8k(split: str = "train", **kwargs) -> GSM8K:
+    """GSM8K from the chat-data registry (split "train" | "test"); FileNotFoundError with the fetch
+    command if it is not downloaded (python -m tasks.sources --dataset=gsm8k --split=<split>)."""
+    from tasks.sources import require  # the registry is only needed by this loader
+
+    (path,) = require("gsm8k", split)
+    return GSM8K(path, **kwargs)

@@ -1,0 +1,272 @@
+"""The one registry of downloadable chat / eval datasets, and the verified fetch that gets them.
+
+Each (dataset, split) names its Hugging Face dataset id and parquet file(s) under `resolve/main/`,
+or a raw URL, plus the columns every file must have. Files land in
+`$NANOCHAT_BASE_DIR/chat_data/<dataset>/...`, written through nanochat.download (verified, resumable).
+
+    python -m tasks.sources --dataset=mmlu --split=auxiliary_train   # one split
+    python -m tasks.sources --dataset=all                            # everything in the registry
+
+Training scripts call require(), which never downloads: a missing file fails at once with the
+command above. Override a source with `--source=` / fetch(source=...) or the environment variable
+NANOCHAT_SOURCE_<DATASET>_<SPLIT> (e.g. NANOCHAT_SOURCE_MMLU_AUXILIARY_TRAIN): a local file is used
+in place, an http(s) URL is downloaded into chat_data/<dataset>/custom/. Several files: comma-separated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanochat.common import get_base_dir
+from nanochat.download import DownloadError, download_file, validate_parquet
+
+CHAT_DATA_DIR = "chat_data"
+OVERRIDE_ENV = "NANOCHAT_SOURCE_{}"
+
+# NOTE: the HF file names below follow the layout the Hub's parquet conversion publishes
+# (<config>/<split>-00000-of-00001.parquet); they could not be checked from this machine (no
+# network). If one is wrong, the fetch fails with a 404: override it as the module docstring says.
+
+
+@dataclass(frozen=True)
+class ChatSource:
+    dataset: str  # local directory name under chat_data/, and the --dataset of the CLI
+    split: str
+    files: tuple[str, ...]  # paths under <endpoint>/datasets/<hf_id>/resolve/main/, or full URLs
+    columns: tuple[tuple[str, ...], ...]  # each file must have one of these column sets
+    hf_id: str | None = None  # None: `files` are full URLs
+    fmt: str = "parquet"  # parquet | jsonl
+
+    def urls(self) -> list[str]:
+        if self.hf_id is None:
+            return list(self.files)
+        from nanochat.dataset import hf_endpoint  # read at call time so tests can point it elsewhere
+
+        return [f"{hf_endpoint()}/datasets/{self.hf_id}/resolve/main/{f}" for f in self.files]
+
+    def local_paths(self, base: Path) -> list[Path]:
+        root = base / CHAT_DATA_DIR / self.dataset
+        if self.hf_id is None:
+            return [root / _url_basename(u) for u in self.files]
+        return [root / f for f in self.files]
+
+
+def _hf(dataset: str, hf_id: str, split: str, files: list[str], *columns: tuple[str, ...]) -> ChatSource:
+    return ChatSource(dataset, split, tuple(files), tuple(columns), hf_id=hf_id)
+
+
+def _one(path: str) -> list[str]:
+    return [path]
+
+
+_SMOLTALK = ("messages",)
+_MMLU = ("question", "subject", "choices", "answer")
+_ARC = ("id", "question", "choices", "answerKey")
+_GSM8K = ("question", "answer")
+_HUMANEVAL = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+
+_ENTRIES = [
+    _hf("smoltalk", "HuggingFaceTB/smol-smoltalk", "train", _one("data/train-00000-of-00001.parquet"), _SMOLTALK),
+    _hf("smoltalk", "HuggingFaceTB/smol-smoltalk", "test", _one("data/test-00000-of-00001.parquet"), _SMOLTALK),
+    *[_hf("mmlu", "cais/mmlu", s, _one(f"all/{s}-00000-of-00001.parquet"), _MMLU)
+      for s in ("test", "validation", "dev")],
+    # the auxiliary_train config wraps each row in a struct column `train` (accepted, and unwrapped by tasks.mmlu)
+    _hf("mmlu", "cais/mmlu", "auxiliary_train", _one("auxiliary_train/train-00000-of-00001.parquet"),
+        ("train",), _MMLU),
+    *[_hf("arc", "allenai/ai2_arc", f"{sub}/{s}", _one(f"{sub}/{s}-00000-of-00001.parquet"), _ARC)
+      for sub in ("ARC-Easy", "ARC-Challenge") for s in ("train", "validation", "test")],
+    *[_hf("gsm8k", "openai/gsm8k", s, _one(f"main/{s}-00000-of-00001.parquet"), _GSM8K) for s in ("train", "test")],
+    _hf("humaneval", "openai/openai_humaneval", "test", _one("openai_humaneval/test-00000-of-00001.parquet"),
+        _HUMANEVAL),
+    ChatSource("koalpaca", "train", ("https://raw.githubusercontent.com/Beomi/KoAlpaca/main/KoAlpaca_v1.1.jsonl",),
+               (("instruction", "output"),), fmt="jsonl"),
+]
+REGISTRY: dict[tuple[str, str], ChatSource] = {(s.dataset, s.split): s for s in _ENTRIES}
+
+
+def datasets() -> list[str]:
+    return sorted({d for d, _ in REGISTRY})
+
+
+def splits(dataset: str) -> list[str]:
+    return [s for d, s in REGISTRY if d == dataset]
+
+
+def get_source(dataset: str, split: str) -> ChatSource:
+    try:
+        return REGISTRY[(dataset, split)]
+    except KeyError:
+        if dataset not in datasets():
+            raise ValueError(f"unknown chat dataset {dataset!r}; known: {', '.join(datasets())}") from None
+        raise ValueError(f"{dataset} has no split {split!r}; splits: {', '.join(splits(dataset))}") from None
+
+
+def fetch_command(dataset: str, split: str) -> str:
+    return f"python -m tasks.sources --dataset={dataset} --split={split}"
+
+
+def override_env(dataset: str, split: str) -> str:
+    return OVERRIDE_ENV.format(re.sub(r"[^A-Za-z0-9]+", "_", f"{dataset}_{split}").upper())
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validator(src: ChatSource):
+    """A download_file validator for the files of `src`: parquet columns, or every JSONL row parsed."""
+    if src.fmt == "jsonl":
+        return lambda path: len(read_jsonl(path, src.columns[0]))
+
+    def validate(path: Path) -> int:
+        first: DownloadError | None = None
+        for cols in src.columns:
+            try:
+                return validate_parquet(path, columns=cols)
+            except DownloadError as e:
+                first = first or e
+        raise first
+    return validate
+
+
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSONL file (a single JSON array is accepted too), each a dict with `required` keys.
+
+    Raises DownloadError naming the file and line, so that a bad download is rejected and re-fetched.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DownloadError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        numbered = list(enumerate(rows, start=1))
+    else:
+        numbered = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    numbered.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise DownloadError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, row in numbered:
+        if not isinstance(row, dict) or any(k not in row for k in required):
+            raise DownloadError(f"{path}:{lineno}: expected an object with keys {list(required)}")
+    if not numbered:
+        raise DownloadError(f"{path}: no rows")
+    return [row for _, row in numbered]
+
+
+def read_rows(paths: list[Path], columns: list[str] | None = None) -> list[dict]:
+    """All rows of the given parquet / JSONL files, in order, as dicts (only `columns` of parquet files)."""
+    rows: list[dict] = []
+    for path in paths:
+        if Path(path).suffix == ".parquet":
+            import pyarrow.parquet as pq  # imported here: slow to import, only parquet needs it
+
+            rows += pq.read_table(path, columns=columns).to_pylist()
+        else:
+            rows += read_jsonl(path)
+    return rows
+
+
+# ----------------------------------------------------------------------------- fetch / require
+
+
+def _url_basename(url: str) -> str:
+    return Path(urllib.parse.urlsplit(url).path).name or "data"
+
+
+def _is_url(s: str) -> bool:
+    return urllib.parse.urlsplit(s).scheme in ("http", "https")
+
+
+def _plan(src: ChatSource, source: str | None) -> list[tuple[str | None, Path]]:
+    """(url to download or None for a local file used in place, local path) per file."""
+    base = get_base_dir(create=False)
+    source = source or os.environ.get(override_env(src.dataset, src.split), "").strip() or None
+    if source is None:
+        return list(zip(src.urls(), src.local_paths(base)))
+    plan: list[tuple[str | None, Path]] = []
+    custom = base / CHAT_DATA_DIR / src.dataset / "custom" / src.split.replace("/", "_")
+    for item in (s.strip() for s in source.split(",") if s.strip()):
+        if _is_url(item):
+            plan.append((item, custom / _url_basename(item)))
+        else:
+            path = Path(urllib.parse.urlsplit(item).path if item.startswith("file://") else item).expanduser()
+            plan.append((None, path))
+    return plan
+
+
+def fetch(dataset: str, split: str, *, source: str | None = None, retries: int = 5,
+          backoff: float = 1.0, timeout: float = 60) -> list[Path]:
+    """Download (or verify, if present) every file of (dataset, split); returns the local paths.
+
+    source: an override (local path, http(s) URL, or several comma-separated); default the
+    environment variable override_env(dataset, split), else the registry. Raises DownloadError.
+    """
+    src = get_source(dataset, split)
+    check = validator(src)
+    paths = []
+    for url, path in _plan(src, source):
+        if url is None:
+            if not path.is_file():
+                raise DownloadError(f"{path}: local source for {dataset} {split} not found")
+            check(path)
+            paths.append(path)
+        else:
+            paths.append(download_file(url, path, validate=check, retries=retries, backoff=backoff,
+                                       timeout=timeout))
+    return paths
+
+
+def require(dataset: str, split: str, *, source: str | None = None) -> list[Path]:
+    """The local files of (dataset, split), never downloading: FileNotFoundError with the command."""
+    src = get_source(dataset, split)
+    paths = [path for _, path in _plan(src, source)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{dataset} {split} is not downloaded ({missing[0]} missing): "
+                                f"run {fetch_command(dataset, split)}")
+    return paths
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@dataclass
+class Options:
+    dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | all
+    split: str = ""  # one split (e.g. auxiliary_train, ARC-Easy/test); '' = every split of the dataset
+    source: str = ""  # override: local path or URL (comma-separated for several files); one split only
+    retries: int = 5  # extra attempts per file after a network error or a bad file
+
+
+def main(opts: Options) -> list[Path]:
+    names = datasets() if opts.dataset == "all" else [opts.dataset]
+    for name in names:  # check every name before the first download
+        if name not in datasets():
+            raise ValueError(f"unknown chat dataset {name!r}; known: {', '.join(datasets())}, all")
+        if opts.split:
+            get_source(name, opts.split)
+    if opts.source and (len(names) != 1 or not opts.split):
+        raise ValueError("--source overrides one file set: give --dataset and --split with it")
+    out: list[Path] = []
+    for name in names:
+        for split in [opts.split] if opts.split else splits(name):
+            paths = fetch(name, split, source=opts.source or None, retries=opts.retries)
+            print(f"{name} {split}: " + ", ".join(str(p) for p in paths))
+            out += paths
+    return out
+
+
+if __name__ == "__main__":
+    from nanochat.common import run_main
+    from nanochat.config import parse_args
+
+    run_main(main, parse_args(Options, prog="python -m tasks.sources", description=__doc__),
+             errors=(FileNotFoundError, ValueError, DownloadError))
