@@ -12,8 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ from nanochat import embedded_corpus
 from nanochat.dataset import DataNotFound, DatasetError, download, list_shards, shard_name
 from nanochat.download import DownloadError
 from tests.conftest import REPO_ROOT, subprocess_env
+from tests.http_server import start_server, stop_server
 
 EN_REPO = "karpathy/fineweb-edu-100b-shuffle"
 KO_REPO = "minpeter/fineweb-2-edu-korean-raw"
@@ -72,10 +72,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd, self.base = start_server(Handler)
 
     def host(self, repo: str, files: dict[str, bytes], listed: bool = True, wrong_sha: tuple[str, ...] = ()):
         """Put files under the repo's resolve URL and, if listed, in its tree listing."""
@@ -93,8 +90,7 @@ class Server:
         return [r for r in self.requests if "/resolve/" in r]
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_server(self.httpd)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from nanochat import download as dl
 from nanochat.download import DownloadError, download_file, download_many, validate_parquet
+from tests.http_server import start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(backoff=0.01, timeout=5)  # tiny backoff keeps retry tests fast
@@ -135,12 +136,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # client hang-ups are expected here
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.httpd, self.base = start_server(Handler)
 
     def add(self, path: str, data: bytes = PARQUET, *script) -> str:
         self.files[path] = data
@@ -152,8 +148,7 @@ class Server:
         return [rng for p, rng in self.requests if p == path]
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_server(self.httpd)
 
 
 @pytest.fixture

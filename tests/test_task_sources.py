@@ -6,8 +6,7 @@ import gzip
 import importlib
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ from tasks.humaneval import HumanEval
 from tasks.koalpaca import KoAlpaca
 from tasks.mmlu import MMLU
 from tasks.smoltalk import SmolTalk
+from tests.http_server import start_server, stop_server
 
 FAST = dict(retries=0, backoff=0.01, timeout=5)
 
@@ -98,12 +98,9 @@ def server():
         def log_message(self, *args):
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
-    httpd.shutdown()
-    httpd.server_close()
+    httpd, base = start_server(Handler)
+    yield base, requests
+    stop_server(httpd)
 
 
 @pytest.fixture
