@@ -243,9 +243,8 @@ def main(opts: Options) -> dict:
             for opt in optimizers:
                 scaler.unscale_(opt)
         # local grad norm: the distributed optimizers average gradients inside step()
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip) if opts.grad_clip > 0 \
-            else torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        # clip_grad_norm_ with max_norm=inf measures without clipping: one code path for both cases
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip if opts.grad_clip > 0 else float("inf"))
         lrm = lr_multiplier(step, num_iterations, warmup_ratio=opts.warmup_ratio, warmdown_ratio=opts.warmdown_ratio,
                             final_lr_frac=opts.final_lr_frac)
         set_lr_multiplier(optimizers, lrm)
