@@ -15,7 +15,6 @@ loader's position and RNG states are restored, so the loss curve continues as if
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 
@@ -100,16 +99,6 @@ def horizon(opts: Options, num_params: int, flops_per_token: int, total_batch: i
     return steps, f"--target_param_data_ratio={opts.target_param_data_ratio:g}"
 
 
-@dataclass
-class LoopState:
-    """Everything of the loop itself that resume needs besides model, optimizers, loader and RNG."""
-
-    step: int = 0
-    smooth_loss: float = 0.0  # EMA of the training loss (debiased when printed)
-    training_seconds: float = 0.0  # time spent in optimizer steps, across resumes
-    min_val_bpb: float = float("inf")
-
-
 def main(opts: Options) -> dict:
     import torch
 
@@ -121,10 +110,20 @@ def main(opts: Options) -> dict:
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.hardware import mfu, peak_flops
     from nanochat.loss_eval import evaluate_bpb
-    from nanochat.optim import build_optimizers, set_lr_multiplier, set_muon_momentum
+    from nanochat.optim import build_optimizers
     from nanochat.run_log import RunLog, format_duration, train_line
     from nanochat.schedule import lr_multiplier, muon_momentum
     from nanochat.tokenizer import Tokenizer
+    from nanochat.training import (
+        StopRequest,
+        check_finite,
+        global_mean,
+        maybe_compile,
+        oom_error,
+        optimizer_step,
+        resume_training,
+        save_training,
+    )
 
     compute = compute_init(opts.device_type, opts.seed)
     device, info = compute.device, compute.dist
@@ -154,38 +153,16 @@ def main(opts: Options) -> dict:
                                   embedding_lr=opts.embedding_lr, unembedding_lr=opts.unembedding_lr,
                                   scalar_lr=opts.scalar_lr, weight_decay=opts.weight_decay, world_size=info.world_size)
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
-    use_compile = opts.compile == "true" or (opts.compile == "auto" and compute.device_type == "cuda")
-    fwd = torch.compile(model, dynamic=False) if use_compile else model  # `model` stays the uncompiled module to save
+    fwd = maybe_compile(model, opts.compile, compute.device_type)
 
     tag = opts.model_tag or f"d{opts.depth}"
     ckpt_dir = ckpt.checkpoint_dir("base", tag)
-    loop = LoopState()
+    model_config = dataclasses.asdict(config)
     loader = TokenLoader(train_shards, tokenizer, opts.device_batch_size, opts.max_seq_len, device=device)
-    resume_step = ckpt.find_resume(ckpt_dir, opts.resume)
-    if resume_step is not None:
-        saved_world = ckpt.read_meta(ckpt_dir, resume_step)["world_size"]
-        exact = saved_world == info.world_size
-        saved = ckpt.load_checkpoint(ckpt_dir, resume_step, device=device, load_optimizer=exact)
-        if saved.meta["model_config"] != dataclasses.asdict(config):
-            raise ValueError(f"checkpoint {saved.path} has model config {saved.meta['model_config']}, this run "
-                             f"{dataclasses.asdict(config)}: use the same --depth/--max_seq_len/tokenizer, or a new --model_tag")
-        model.load_state_dict(saved.model_state)
-        loader.load_state_dict(saved.meta["loader_states"])  # all ranks' states: handles a world size change
-        loop = LoopState(**saved.meta["loop"])
-        if exact:
-            for opt, state in zip(optimizers, saved.optimizer_states, strict=True):
-                opt.load_state_dict(state)
-            ckpt.restore_rng(saved.rng)
-        else:
-            print0(f"warning: checkpoint saved by {saved_world} processes, this run has {info.world_size}: model and "
-                   "data position are restored, optimizer state (momentum) starts fresh, so the resume is not exact")
-        if scaler is not None and saved.meta.get("grad_scaler"):
-            scaler.load_state_dict(saved.meta["grad_scaler"])
-        if saved.meta.get("num_iterations") != num_iterations:
-            print0(f"warning: the checkpoint planned {saved.meta.get('num_iterations')} steps, this run {num_iterations}; "
-                   "the LR schedule follows this run's horizon")
-        print0(f"resumed from {saved.path} at step {loop.step}")
-        del saved
+    loop, resume_step = resume_training(ckpt_dir, opts.resume, model=model, optimizers=optimizers, loader=loader,
+                                        scaler=scaler, model_config=model_config, world_size=info.world_size,
+                                        num_iterations=num_iterations)
+    stop = StopRequest()
 
     token_bytes = torch.tensor(tokenizer.token_bytes_lengths(), dtype=torch.long, device=device)
     log = RunLog(ckpt_dir / "metrics.jsonl", enabled=info.is_master, wandb_run=opts.run, config=to_dict(opts))
@@ -193,33 +170,32 @@ def main(opts: Options) -> dict:
     eval_steps = max(1, opts.eval_tokens // (opts.device_batch_size * opts.max_seq_len * info.world_size))
 
     def save(step: int) -> None:
-        meta = {"model_config": dataclasses.asdict(config), "options": to_dict(opts), "num_iterations": num_iterations,
-                "loop": dataclasses.asdict(loop), "grad_scaler": scaler.state_dict() if scaler else None}
-        ckpt.save_checkpoint(ckpt_dir, step, model_state=model.state_dict(),
-                             optimizer_states=[o.state_dict() for o in optimizers], meta=meta,
-                             loader_state=loader.state_dict())
-        if info.is_master:
-            ckpt.prune_checkpoints(ckpt_dir, opts.keep_last, keep_step=step)
-        print0(f"saved checkpoint step {step} to {ckpt_dir}")
+        save_training(ckpt_dir, step, model=model, optimizers=optimizers, loader=loader, scaler=scaler, loop=loop,
+                      model_config=model_config, options=to_dict(opts), num_iterations=num_iterations,
+                      keep_last=opts.keep_last)
 
     val_bpb = None
     t_start = time.time()
     while True:
         step = loop.step
         last = step == num_iterations
-        if opts.eval_every > 0 and (last or step % opts.eval_every == 0):
+        stopping = stop.requested(device)  # a stop skips the evaluation: it should be quick
+        if opts.eval_every > 0 and not stopping and (last or step % opts.eval_every == 0):
             with TokenLoader(val_shards, tokenizer, opts.device_batch_size, opts.max_seq_len, device=device,
                              loop=False) as val_loader:
                 val_bpb = evaluate_bpb(fwd, val_loader, eval_steps, token_bytes, amp)
-            loop.min_val_bpb = min(loop.min_val_bpb, val_bpb)
+            loop.min_val = min(loop.min_val, val_bpb)
             print0(f"step {step:05d} | validation bpb {val_bpb:.4f}")
             log.record(step, val_bpb=val_bpb)
-        if info.is_master and opts.sample_every > 0 and (last or step % opts.sample_every == 0) and step > 0:
+        if info.is_master and not stopping and opts.sample_every > 0 and (last or step % opts.sample_every == 0) and step > 0:
             for prompt in SAMPLE_PROMPTS:
                 print0(f"sample: {prompt!r} -> {greedy_continuation(model, tokenizer, prompt, 16, amp)!r}")
-        if (last or (opts.save_every > 0 and step % opts.save_every == 0 and step > 0)
+        if (last or stopping or (opts.save_every > 0 and step % opts.save_every == 0 and step > 0)
                 or (opts.save_initial and step == 0 and resume_step is None)):
             save(step)
+            if stopping:
+                print0(f"stopped by signal: saved checkpoint step {step}")
+                break
             if step == opts.stop_after:
                 print0(f"stopping after step {step} as asked (--stop_after)")
                 break
@@ -237,46 +213,23 @@ def main(opts: Options) -> dict:
                 loss = loss / grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
         except torch.OutOfMemoryError:
-            raise ValueError(f"out of GPU memory at --device_batch_size={opts.device_batch_size}: halve it (gradient "
-                             "accumulation keeps --total_batch_size, so the run trains the same)") from None
-        if scaler is not None:
-            for opt in optimizers:
-                scaler.unscale_(opt)
-        # local grad norm: the distributed optimizers average gradients inside step()
-        # clip_grad_norm_ with max_norm=inf measures without clipping: one code path for both cases
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip if opts.grad_clip > 0 else float("inf"))
+            raise oom_error(opts.device_batch_size) from None
         lrm = lr_multiplier(step, num_iterations, warmup_ratio=opts.warmup_ratio, warmdown_ratio=opts.warmdown_ratio,
                             final_lr_frac=opts.final_lr_frac)
-        set_lr_multiplier(optimizers, lrm)
-        set_muon_momentum(optimizers, muon_momentum(step))
-        for opt in optimizers:
-            if scaler is not None:
-                scaler.step(opt)
-            else:
-                opt.step()
-        if scaler is not None:
-            scaler.update()
-        model.zero_grad(set_to_none=True)
-        if info.is_distributed:  # log the global mean loss, not rank 0's share
-            torch.distributed.all_reduce(loss_sum)
-            loss_sum /= info.world_size
-        train_loss = (loss_sum / grad_accum).item()  # .item() syncs, so dt below is the real step time
-        if not math.isfinite(train_loss):
-            raise ValueError(f"training loss became {train_loss} at step {step}: lower the learning rates or use bf16/fp32")
+        grad_norm = optimizer_step(model, optimizers, scaler, grad_clip=opts.grad_clip, lr_multiplier=lrm,
+                                   muon_momentum=muon_momentum(step)).item()
+        train_loss = (global_mean(loss_sum) / grad_accum).item()  # .item() syncs, so dt below is the real step time
+        check_finite(train_loss, step)
         dt = time.perf_counter() - t0
 
-        loop.step = step + 1
-        loop.training_seconds += dt if step > 0 else 0.0  # the first step pays for compilation
-        loop.smooth_loss = 0.9 * loop.smooth_loss + 0.1 * train_loss
-        debiased = loop.smooth_loss / (1 - 0.9 ** loop.step)
+        debiased = loop.advance(train_loss, dt)
         tok_per_s = total_batch / dt
         step_mfu = mfu(flops_per_token, tok_per_s, peak, info.world_size)
-        done_steps = max(loop.step - 1, 1)
-        eta = loop.training_seconds / done_steps * (num_iterations - loop.step) if loop.step > 1 else float("nan")
-        print0(train_line(loop.step, num_iterations, debiased, lrm, grad_norm.item(), dt, tok_per_s, step_mfu, eta))
-        log.record(step, loss=train_loss, lrm=lrm, grad_norm=grad_norm.item(), dt=dt, tok_per_s=tok_per_s, mfu=step_mfu)
+        print0(train_line(loop.step, num_iterations, debiased, lrm, grad_norm, dt, tok_per_s, step_mfu,
+                          loop.eta(num_iterations)))
+        log.record(step, loss=train_loss, lrm=lrm, grad_norm=grad_norm, dt=dt, tok_per_s=tok_per_s, mfu=step_mfu)
 
-    summary = {"steps": loop.step, "val_bpb": val_bpb, "min_val_bpb": loop.min_val_bpb,
+    summary = {"steps": loop.step, "val_bpb": val_bpb, "min_val_bpb": loop.min_val,
                "training_time": format_duration(loop.training_seconds), "wall_time": format_duration(time.time() - t_start),
                "parameters": num_params, "tokens": loop.step * total_batch}
     if compute.device_type == "cuda":
