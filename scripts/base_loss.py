@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from nanochat.common import get_base_dir, print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args
+from nanochat.report import SECTION_BASE_LOSS, log_section
 
 
 @dataclass
@@ -54,9 +55,13 @@ def main(opts: Options) -> dict:
         with TokenLoader(shards, tokenizer, opts.device_batch_size, seq, device=compute.device, loop=False) as batches:
             results[f"{split}_bpb"] = evaluate_bpb(model, batches, steps, token_bytes, amp)
         print0(f"{split} bpb: {results[f'{split}_bpb']:.4f}")
+    samples = {}
     if compute.dist.is_master and opts.max_new_tokens > 0:
         for prompt in SAMPLE_PROMPTS:
-            print0(f"sample: {prompt!r} -> {greedy_continuation(model, tokenizer, prompt, opts.max_new_tokens, amp)!r}")
+            samples[prompt] = greedy_continuation(model, tokenizer, prompt, opts.max_new_tokens, amp)
+            print0(f"sample: {prompt!r} -> {samples[prompt]!r}")
+    log_section(SECTION_BASE_LOSS, {"model_tag": opts.model_tag or "(latest)", **results,
+                                    "split_tokens": opts.split_tokens, "samples": samples})
     compute_cleanup()
     return results
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nanochat.common import get_base_dir, print0, run_main, setup_logging, write_json_atomic
 from nanochat.config import parse_args
+from nanochat.report import SECTION_TOK_EVAL, log_section
 
 # Short samples written for this project; the larger English/Korean/code samples are read from the
 # local install at run time (embedded corpus validation documents, konlpy texts, stdlib source).
@@ -130,6 +131,10 @@ def evaluate(opts: Options) -> dict:
         print0(line)
     result = {"tokenizer_dir": str(tok_dir), "n_vocab": tokenizer.n_vocab, "rows": rows, "missing": missing}
     write_json_atomic(tok_dir / "eval.json", result)
+    ratios = {row["sample"]: {"bytes": row["bytes"], **{f"{lab} B/tok": round(row["bytes"] / max(row[lab], 1), 3)
+                                                         for lab in labels}} for row in rows}
+    log_section(SECTION_TOK_EVAL, {"tokenizer": str(tok_dir), "vocab_size": tokenizer.n_vocab, "bytes_per_token": ratios},
+                notes=[f"{label} encoding not available ({why})" for label, why in missing.items()])
     return result
 
 

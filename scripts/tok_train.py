@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nanochat.common import get_base_dir, print0, run_main, setup_logging, write_json_atomic
 from nanochat.config import format_config, parse_args, to_dict
+from nanochat.report import SECTION_TOK_TRAIN, log_section
 from nanochat.text_sources import iter_texts
 
 
@@ -74,6 +75,11 @@ def main(opts: Options) -> Path:
     if tokenizer.n_vocab < opts.vocab_size:
         print0(f"note: the corpus ran out of pairs; vocabulary is {tokenizer.n_vocab}, not {opts.vocab_size}")
     print0(f"saved to {out_dir}")
+    log_section(SECTION_TOK_TRAIN, {
+        "vocab_size": tokenizer.n_vocab, "requested_vocab_size": opts.vocab_size, "source": opts.source,
+        "doc_cap": opts.doc_cap, "documents": counter["docs"], "characters": counter["chars"],
+        "train_seconds": round(seconds, 3), "M_chars_per_s": round(rate, 3),
+    })
     return out_dir
 
 
