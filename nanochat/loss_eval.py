@@ -14,18 +14,14 @@ import torch
 import torch.distributed as dist
 
 
-@torch.no_grad()
-def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor, autocast=None) -> float:
-    """Bits per byte of `model` over `steps` batches (inputs, targets) drawn from `batches`.
+def _sum_over_batches(model, batches: Iterator, steps: int, autocast, weigh) -> tuple[float, int]:
+    """(sum of weighed nats, sum of counts) over up to `steps` batches, summed over all ranks.
 
-    token_bytes: (V,) int tensor of each token's UTF-8 byte length (0 for special tokens), on the
-    model's device. Every rank must call this with the same `steps` (collective at the end).
+    weigh(losses (N,), targets (N,)) -> (nats, count) tensors; losses are 0 where the target is -1.
     """
     import contextlib
 
-    device = token_bytes.device
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    totals = None
     was_training = model.training
     model.eval()
     try:
@@ -36,17 +32,44 @@ def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor
                 break
             with autocast if autocast is not None else contextlib.nullcontext():
                 loss = model(x, y, loss_reduction="none")  # (B, T) nats, 0 where y == -1
-            y = y.reshape(-1)
-            nbytes = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)  # (B*T,)
-            counted = nbytes > 0
-            total_nats += loss.reshape(-1)[counted].double().sum()
-            total_bytes += nbytes.sum()
+            nats, count = weigh(loss.reshape(-1).double(), y.reshape(-1))
+            if totals is None:
+                totals = torch.zeros(2, dtype=torch.float64, device=y.device)
+            totals[0] += nats
+            totals[1] += count
     finally:
         model.train(was_training)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total_nats)
-        dist.all_reduce(total_bytes)
-    n = total_bytes.item()
+        if totals is None:  # this rank got no batch: it must still take part in the collective
+            totals = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
+        dist.all_reduce(totals)
+    if totals is None:
+        return 0.0, 0
+    return totals[0].item(), int(totals[1].item())
+
+
+@torch.no_grad()
+def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor, autocast=None) -> float:
+    """Bits per byte of `model` over `steps` batches (inputs, targets) drawn from `batches`.
+
+    token_bytes: (V,) int tensor of each token's UTF-8 byte length (0 for special tokens), on the
+    model's device. Every rank must call this with the same `steps` (collective at the end).
+    """
+    def weigh(loss, y):
+        nbytes = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)  # (N,)
+        return loss[nbytes > 0].sum(), nbytes.sum()
+
+    nats, n = _sum_over_batches(model, batches, steps, autocast, weigh)
     if n == 0:
         raise ValueError("validation saw no text bytes: the validation shard is empty or too small for one batch")
-    return total_nats.item() / (math.log(2) * n)
+    return nats / (math.log(2) * n)
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches: Iterator, steps: int, autocast=None) -> float:
+    """Mean cross-entropy (nats) per trained-on target (target != -1) over `steps` batches: the chat
+    phases' validation loss, where only the assistant's tokens count. Collective like evaluate_bpb."""
+    nats, n = _sum_over_batches(model, batches, steps, autocast, lambda loss, y: (loss.sum(), (y >= 0).sum()))
+    if n == 0:
+        raise ValueError("validation saw no trained-on tokens: the validation mixture is empty or all masked")
+    return nats / n

@@ -38,6 +38,20 @@ def lr_multiplier(
     return progress * 1.0 + (1.0 - progress) * final_lr_frac
 
 
+def hold_then_decay(progress: float, *, warmdown_ratio: float = 0.2, final_lr_frac: float = 0.0) -> float:
+    """Multiplier for a run whose horizon is a fraction of the data (midtraining's one pass): 1.0 until
+    1 - warmdown_ratio of the way, then linear down to final_lr_frac at progress 1 (and after)."""
+    if not 0.0 <= warmdown_ratio <= 1.0:
+        raise ValueError(f"warmdown_ratio must be within [0, 1], got {warmdown_ratio}")
+    if not 0.0 <= final_lr_frac <= 1.0:
+        raise ValueError(f"final_lr_frac must be within [0, 1], got {final_lr_frac}")
+    progress = min(max(progress, 0.0), 1.0)
+    if warmdown_ratio == 0.0 or progress < 1.0 - warmdown_ratio:
+        return 1.0
+    left = (1.0 - progress) / warmdown_ratio  # 1 at the start of the decay, 0 at the end
+    return left + (1.0 - left) * final_lr_frac
+
+
 def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
     """Muon momentum warmed linearly from `start` to `end` over the first warmup_steps (ANCHORS)."""
     if warmup_steps <= 0:

