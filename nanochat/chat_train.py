@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from nanochat.common import get_base_dir, print0
 from nanochat.config import format_config, to_dict
+from nanochat.report import SECTION_CHAT_SFT, SECTION_MID_TRAIN, log_section
 
 SAMPLE_QUESTIONS = ("Hello! Who are you?", "What is 123 times 45?")
 PREVIOUS = {"base": "base model", "mid": "midtrained model", "sft": "SFT model"}
@@ -305,6 +306,9 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
     if compute.device_type == "cuda":
         summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print0("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    log_section(SECTION_MID_TRAIN if phase == "mid" else SECTION_CHAT_SFT,
+                {"source": f"{opts.source}/{tag}", "tasks": PRESETS.get(spec, spec), "conversations": len(train_tasks),
+                 "num_iterations": num_iterations or "one pass", **summary, "stopped_early": stop.signalled})
     if info.is_master and not stop.signalled:
         _print_samples(model, tokenizer, amp)
     log.finish()

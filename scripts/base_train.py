@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from nanochat.common import get_base_dir, print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args, to_dict
+from nanochat.report import SECTION_BASE_TRAIN, log_section
 
 
 @dataclass
@@ -235,6 +236,10 @@ def main(opts: Options) -> dict:
     if compute.device_type == "cuda":
         summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print0("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    log_section(SECTION_BASE_TRAIN, {"model_tag": tag, "depth": opts.depth, "max_seq_len": opts.max_seq_len,
+                                     "total_batch_size": total_batch, "num_iterations": num_iterations,
+                                     "flops_per_token": flops_per_token, **summary,
+                                     "stopped_early": loop.step < num_iterations})
     loader.close()
     log.finish()
     compute_cleanup()
