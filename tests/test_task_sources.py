@@ -212,8 +212,8 @@ def test_humaneval_from_registry(env, tok, monkeypatch):
     assert conv["entry_point"] == "add" and "assert f(1, 2) == 3" in conv["test"]
     assert conv["task_id"] == "HumanEval/0" and rendered_user(tok, conv) == HUMANEVAL_ROWS[0]["prompt"]
     assert "return a + b" in rendered_assistant(tok, conv)
-    with pytest.raises(NotImplementedError, match="sandbox"):
-        task.evaluate(conv, "    return a + b\n")
+    # scored by running the registry row's own tests in the sandbox
+    assert task.evaluate(conv, "    return a + b\n") and not task.evaluate(conv, "    return a - b\n")
 
 
 def test_humaneval_from_installed_package(tmp_path, monkeypatch):

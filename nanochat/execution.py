@@ -1,0 +1,702 @@
+"""A sandbox for running model-written Python (HumanEval completions and their tests) safely enough
+for evaluation: `execute(code)` runs it in a fresh interpreter and says whether it ran to its end;
+`execute_many(codes)` runs a batch with a few threads.
+
+What each run gets:
+- a new `python -I -B` process (isolated mode: no PYTHON* variables, no user site, no script
+  directory on sys.path) in its own session and process group; its cwd, HOME and TMPDIR are a fresh
+  temporary directory that is removed afterwards; its environment is built from scratch (PATH, HOME,
+  TMPDIR, LANG), so no token or key of the parent (HF_TOKEN, WANDB_API_KEY, AWS_*, ...) reaches it.
+- a wall-clock timeout kept by the parent, and rlimits set in the child: address space
+  (memory_mb), CPU seconds, file size, no core files, and a process limit: RLIMIT_NPROC counted
+  from the user's current tasks, or, for root (whom the kernel exempts from RLIMIT_NPROC), a pids
+  cgroup when one can be created.
+- Landlock (Linux >= 5.13, no privileges needed): the kernel refuses every write, create, delete,
+  rename or link outside the temporary directory (and /dev/null), truncation too from ABI 3. From
+  ABI 4 it also refuses TCP bind/connect; from ABI 6 signals and abstract unix sockets aimed at
+  processes outside the sandbox (so the code cannot kill its parent).
+- no_new_privs; as root, every capability dropped (bounding set included), so the rlimits cannot be
+  raised again and nothing the code executes gets them back.
+- an in-process guard (an audit hook, PEP 578; on by default, `guard=False` turns it off): writes
+  outside the directory, new processes, signals, sockets and ctypes raise PermissionError. It is
+  there to stop accidents early with a clear message, not to contain hostile code: code in the same
+  interpreter can get around it, which is why the kernel layers above do the containing.
+- an end that leaves no process behind: the child is a subreaper, so when the program ends it
+  kills and reaps every process it started (even ones that left its session); then, on every path,
+  the parent sends SIGKILL to the process group, to the cgroup, and on a timeout to the process tree.
+  Output is drained while the child runs and only the last `output_limit` bytes of each stream are
+  kept, so no output, hang or crash of the child can stall the parent.
+`ExecResult.isolation` lists the layers the child confirmed, e.g. ("pids-cgroup", "rlimits",
+"landlock-fs", "landlock-tcp", "landlock-scope", "no-capabilities", "guard").
+
+What it does NOT isolate:
+- reading: the code can read every file its user can (the repository, tokens under ~/.cache or
+  ~/.config, /proc of the user's other processes); only writes are confined.
+- metadata: Landlock does not cover chmod, chown, utime or extended attributes; outside the
+  directory only the guard refuses them.
+- the network: without Landlock ABI 4 not at all; with it UDP, raw and unix-path sockets still work
+  (the guard refuses sockets in Python, but it can be bypassed).
+- the kernel: no seccomp filter, no namespaces (mount, pid, net, user), no cgroup memory limit;
+  the code sees the whole syscall table and the real process list.
+- totals: rlimits are per process, so max_processes processes may use max_processes x memory_mb
+  and as much CPU time each. Without a pids cgroup or RLIMIT_NPROC (root on a system where no pids
+  cgroup can be made) nothing but the guard and the timeout limits forking.
+- without Landlock (old kernels, other systems) only the guard stands between the code and your
+  files. Without a pids cgroup, a process that left the session outlives a program that ends by
+  os._exit or a crash (so skips its own cleanup); on a timeout it is found through /proc.
+- zombies: processes killed while their parent is still running are reaped by init once the
+  sandbox is gone; an init that does not reap leaves them as (harmless) zombies.
+- other systems than Linux (macOS): only the rlimits, the timeout, the process group and the guard
+  apply (untested there).
+It is meant for scoring a model's attempts at benchmark problems on a machine you own, not for
+running code from people who try to break out; use a container or VM for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import resource
+import selectors
+import signal
+import sys
+import time
+import traceback
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The child imports this module too, once per program: heavier modules only the parent needs
+# (subprocess, tempfile, shutil, concurrent.futures) are imported where they are used, to keep each
+# child's start short.
+
+STATUSES = ("passed", "failed", "error", "memory", "timeout", "killed")
+PROGRAM = "program.py"  # the file, in the temporary directory, that holds the code
+CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
+_REPORT_LIMIT = 1 << 16  # bytes kept of the child's report channel
+_DRAIN_GRACE = 1.0  # seconds to collect the last output once the process group is dead
+_CLEANUP_S = 1.0  # seconds the child spends killing and reaping what the program started
+
+
+@dataclass
+class ExecResult:
+    """What became of one program. status: passed (it ran to its end), failed (an AssertionError: a
+    test said no), error (any other exception, SystemExit included, or an exit before the end),
+    memory (MemoryError), timeout (wall clock or CPU limit), killed (died by a signal: a crash)."""
+
+    status: str
+    error: str = ""  # one line: the exception, or how the process ended
+    stdout: str = ""  # the last output_limit bytes of each stream
+    stderr: str = ""
+    duration: float = 0.0  # seconds from the start of the process to the end of the program
+    returncode: int | None = None
+    pid: int | None = None  # the child's pid, which is also its process group and session id
+    isolation: tuple[str, ...] = ()  # the layers the child reported in place before the code ran
+    passed: bool = field(init=False)
+
+    def __post_init__(self):
+        assert self.status in STATUSES, self.status
+        self.passed = self.status == "passed"
+
+
+def execute(code: str, *, timeout: float = 5.0, memory_mb: int = 512, max_processes: int = 16,
+            max_file_mb: int = 16, output_limit: int = 16_384, guard: bool = True) -> ExecResult:
+    """Run `code` as a Python program in a sandboxed child process; see the module docstring.
+
+    max_processes counts tasks (processes and threads) the program may have at once, itself
+    included; max_file_mb caps each file it writes; output_limit the bytes kept of stdout and of stderr.
+    """
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"execute: timeout must be a positive number of seconds, got {timeout!r}")
+    for name, value in (("memory_mb", memory_mb), ("max_processes", max_processes),
+                        ("max_file_mb", max_file_mb), ("output_limit", output_limit)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"execute: {name} must be a positive integer, got {value!r}")
+    import subprocess
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="nanochat-exec-")).resolve()
+    cgroup = _make_pids_cgroup(workdir.name, max_processes)
+    proc = None
+    drain: _Drain | None = None
+    pidfd = report_r = report_w = -1
+    try:
+        report_r, report_w = os.pipe()
+        (workdir / PROGRAM).write_text(code, encoding="utf-8")
+        config = {"workdir": str(workdir), "report_fd": report_w, "parent": os.getpid(), "timeout": timeout,
+                  "memory_mb": memory_mb, "max_processes": max_processes, "max_file_mb": max_file_mb,
+                  "guard": guard, "cgroup": str(cgroup) if cgroup else None}
+        start = time.monotonic()
+        # no preexec_fn: it is unsafe in a threaded parent (execute_many); the child confines itself
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-B", "-X", "utf8", "-c", _BOOTSTRAP, _IMPORT_ROOT, json.dumps(config)],
+            cwd=workdir, env=_child_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, pass_fds=(report_w,), start_new_session=True, umask=0o077)
+        os.close(report_w)
+        report_w = -1
+        assert proc.stdout is not None and proc.stderr is not None
+        drain = _Drain({proc.stdout.fileno(): output_limit, proc.stderr.fileno(): output_limit,
+                        report_r: _REPORT_LIMIT})
+        with contextlib.suppress(AttributeError, OSError):  # a pidfd wakes us the moment it exits
+            pidfd = os.pidfd_open(proc.pid)
+            drain.watch(pidfd)
+        timed_out = _wait(proc, drain, start + timeout, poll=pidfd < 0)
+        duration = time.monotonic() - start
+        _kill_all(proc.pid, cgroup, leader_alive=timed_out)
+        proc.wait()
+        drain.finish(time.monotonic() + _DRAIN_GRACE)
+        return _result(_parse_report(drain.tail(report_r)), proc, timed_out, timeout, duration,
+                       drain.tail(proc.stdout.fileno()), drain.tail(proc.stderr.fileno()))
+    finally:
+        if proc is not None and proc.returncode is None:  # interrupted (e.g. KeyboardInterrupt)
+            _kill_all(proc.pid, cgroup, leader_alive=True)
+            proc.wait()
+        if drain is not None:
+            drain.close()
+        for fd in (pidfd, report_r, report_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if proc is not None:
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        if cgroup is not None:
+            _remove_cgroup(cgroup)
+        _remove_tree(workdir)
+
+
+def execute_many(codes: Iterable[str], *, workers: int | None = None, **limits) -> list[ExecResult]:
+    """execute() each program, `workers` at a time (default: the CPU count, at most 8); results in
+    the order of `codes`. Threads suffice: each one only waits on its child process."""
+    codes = list(codes)
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"execute_many: workers must be >= 1, got {workers}")
+    if workers == 1 or len(codes) <= 1:
+        return [execute(code, **limits) for code in codes]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="execute") as pool:
+        return list(pool.map(lambda code: execute(code, **limits), codes))
+
+
+# ---- parent side
+
+
+def _child_env(workdir: Path) -> dict[str, str]:
+    # built from nothing rather than filtered, so that no secret of the parent can slip through;
+    # -I already makes Python ignore PYTHON* variables, PYTHONDONTWRITEBYTECODE is for nested runs
+    return {"PATH": CHILD_PATH, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+class _Drain:
+    """Reads the child's pipes without blocking and keeps only the tail of each, so that a child
+    writing without end can neither fill a pipe (and stall before it is timed out) nor the parent's memory."""
+
+    def __init__(self, limits: dict[int, int]):
+        self.selector = selectors.DefaultSelector()
+        self.limits = limits
+        self.data = {fd: bytearray() for fd in limits}
+        for fd in limits:
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ, data=True)
+
+    def watch(self, fd: int) -> None:
+        """Wake up when fd becomes readable, without reading it (a pidfd)."""
+        self.selector.register(fd, selectors.EVENT_READ, data=False)
+
+    def pump(self, wait: float) -> None:
+        for key, _ in self.selector.select(max(wait, 0.0)):
+            if not key.data:
+                continue
+            try:
+                chunk = os.read(key.fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self.selector.unregister(key.fd)
+                continue
+            buf = self.data[key.fd]
+            buf += chunk
+            if len(buf) > 2 * self.limits[key.fd]:  # trim now and then, not on every read
+                del buf[:-self.limits[key.fd]]
+
+    def finish(self, deadline: float) -> None:
+        """Read what is left until every stream is closed or the deadline passes (a process that
+        escaped every kill may hold a pipe open forever)."""
+        while any(key.data for key in self.selector.get_map().values()) and time.monotonic() < deadline:
+            self.pump(min(0.05, deadline - time.monotonic()))
+
+    def tail(self, fd: int) -> bytes:
+        return bytes(self.data[fd][-self.limits[fd]:])
+
+    def close(self) -> None:
+        self.selector.close()
+
+
+def _exited(proc) -> bool:
+    # WNOWAIT leaves the exited leader unreaped, so its pid (the process group id) cannot be reused
+    # by another process before we have killed the group (macOS has no waitid: there we reap)
+    if not hasattr(os, "waitid"):
+        return proc.poll() is not None
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _wait(proc, drain: _Drain, deadline: float, poll: bool) -> bool:
+    """Drain output until the child exits (False) or the deadline passes (True)."""
+    while not _exited(proc):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return True
+        drain.pump(min(remaining, 0.02) if poll else remaining)
+    return False
+
+
+def _signal(pid: int, group: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process in /proc; empty where there is no /proc."""
+    table = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as f:
+                        fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces
+                except (OSError, IndexError):
+                    continue
+                table[int(name)] = (int(fields[1]), fields[0].decode())
+    return table
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of root, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, state) in _process_table().items():
+        if state != "Z":
+            children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _kill_all(pid: int, cgroup: Path | None, leader_alive: bool) -> None:
+    if leader_alive:
+        # the leader is a subreaper, so while it lives its tree holds every process it started, even
+        # those that left the process group; kill them before the leader breaks the tree by dying
+        for _ in range(20):
+            found = _descendants(pid)
+            if not found:
+                break
+            for child in found:
+                _signal(child)
+    _signal(pid, group=True)  # on the normal path too: a straggler of the program dies here
+    if cgroup is not None:
+        _kill_cgroup(cgroup)
+
+
+# ---- pids cgroup (root only)
+
+
+def _pids_cgroup_base() -> Path | None:
+    """This process's cgroup directory in a hierarchy where the pids controller can be used, or None."""
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        own: dict[str, str] = {}  # controller ("" for the unified v2 hierarchy) -> our cgroup path
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                own[controller] = path
+    except (OSError, ValueError):
+        return None
+    for line in mounts:
+        left, _, right = line.partition(" - ")
+        fields, kind = left.split(), right.split()
+        if len(fields) < 5 or len(kind) < 3:
+            continue
+        key = "pids" if kind[0] == "cgroup" and "pids" in kind[2].split(",") else "" if kind[0] == "cgroup2" else None
+        path = own.get(key) if key is not None else None
+        if path is None or not path.startswith(fields[3]):
+            continue
+        base = Path(fields[4]) / path[len(fields[3]):].lstrip("/")
+        if key == "":  # v2: only usable where pids is enabled for our children
+            try:
+                if "pids" not in (base / "cgroup.subtree_control").read_text().split():
+                    continue
+            except OSError:
+                continue
+        return base
+    return None
+
+
+def _make_pids_cgroup(name: str, max_processes: int) -> Path | None:
+    # only root: everyone else is bound by RLIMIT_NPROC, which the kernel does not apply to root
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    base = _pids_cgroup_base()
+    if base is None:
+        return None
+    path = base / name
+    try:
+        path.mkdir()
+        (path / "pids.max").write_text(f"{max_processes}\n")
+    except OSError:
+        _remove_cgroup(path)
+        return None
+    return path
+
+
+def _kill_cgroup(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        (path / "cgroup.kill").write_text("1")  # cgroup v2, Linux >= 5.14: every member at once
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # v1: kill the listed members until none is left
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            _signal(pid)
+        time.sleep(0.005)
+
+
+def _remove_cgroup(path: Path) -> None:
+    deadline = time.monotonic() + 1.0
+    while True:  # members that were just killed may take a moment to leave
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    # the program may have taken the permission bits off its own directories; symlinks are left
+    # alone, for a chmod through one would change a directory outside
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for root, dirs, _files in os.walk(path):
+        for d in dirs:
+            p = os.path.join(root, d)
+            if not os.path.islink(p):
+                with contextlib.suppress(OSError):
+                    os.chmod(p, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _parse_report(data: bytes) -> dict:
+    report: dict = {}
+    for line in data.splitlines():
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                report.update(item)
+    return report
+
+
+def _result(report: dict, proc, timed_out: bool, timeout: float, duration: float,
+            stdout: bytes, stderr: bytes) -> ExecResult:
+    rc = proc.returncode
+    if report.get("status") in STATUSES:  # the program reached its end before any kill
+        status, error = report["status"], str(report.get("error", ""))
+    elif timed_out:
+        status, error = "timeout", f"still running after {timeout:g} s"
+    elif rc is not None and rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
+        status = "timeout" if rc == -signal.SIGXCPU else "killed"
+        error = f"killed by {name}" + (" (CPU time limit)" if status == "timeout" else "")
+    else:
+        status, error = "error", f"exited with code {rc} before the end of the program"
+    isolation = report.get("isolation", [])
+    return ExecResult(status=status, error=error, stdout=stdout.decode("utf-8", "replace"),
+                      stderr=stderr.decode("utf-8", "replace"), duration=duration, returncode=rc,
+                      pid=proc.pid, isolation=tuple(isolation) if isinstance(isolation, list) else ())
+
+
+# ---- child side: `python -I -c _BOOTSTRAP ROOT CONFIG` imports this module (from its bytecode
+# cache) and calls _child_main, so that the code confining the child is ordinary, tested Python
+# rather than a string. ROOT leaves sys.path again before the program runs.
+
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[__name__.count(".")])
+_BOOTSTRAP = (f"import sys; sys.path.insert(0, sys.argv[1]); from {__name__} import _child_main; "
+              "del sys.path[0]; _child_main(sys.argv[2])")
+
+
+def _child_main(config_json: str) -> None:
+    config = json.loads(config_json)
+    leader, report_fd = os.getpid(), config["report_fd"]
+
+    def report(**fields) -> None:
+        with contextlib.suppress(OSError):
+            os.write(report_fd, (json.dumps(fields) + "\n").encode())
+
+    try:
+        layers, guard_on = _confine(config)
+    except Exception as e:  # confinement is complete or the program does not run
+        report(status="error", error=f"sandbox setup failed: {type(e).__name__}: {e}")
+        os._exit(3)
+    report(isolation=layers)
+    status, error = "passed", ""
+    module = types.ModuleType("__main__")  # a clean __main__ for the program, not this module
+    module.__file__ = os.path.abspath(PROGRAM)
+    sys.modules["__main__"] = module
+    sys.argv = [PROGRAM]  # as if run as `python program.py`; the config is no business of the program
+    try:
+        source = Path(PROGRAM).read_text(encoding="utf-8")
+        exec(compile(source, PROGRAM, "exec"), module.__dict__)
+    except BaseException as e:  # SystemExit and KeyboardInterrupt are outcomes here too
+        if os.getpid() != leader:  # a forked copy ran off its end: only the leader speaks for the program
+            os._exit(1)
+        status = ("failed" if isinstance(e, AssertionError) else "memory" if isinstance(e, MemoryError)
+                  else "error")
+        error = _one_line(e)
+        with contextlib.suppress(BaseException):  # from the program's frames on, not this one
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
+    if os.getpid() != leader:
+        os._exit(0)
+    if status == "memory":
+        module.__dict__.clear()  # give back what the program held, so that reporting can allocate
+    report(status=status, error=error)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    guard_on[0] = False  # the cleanup below kills, which the guard refuses to the program
+    _reap_descendants()
+    os._exit(0)
+
+
+def _one_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _reap_descendants() -> None:
+    """Kill and reap every process the program started. This process is a subreaper, so orphans of
+    its descendants (even ones that left the session) are re-parented to it: reaped here, they do
+    not linger as zombies under an init that never reaps."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:  # never had a child: nothing to clean up
+        return
+    deadline = time.monotonic() + _CLEANUP_S
+    while time.monotonic() < deadline:
+        for pid in _descendants(os.getpid()):
+            _signal(pid)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        time.sleep(0.005)
+
+
+# prctl options and Landlock constants (linux/prctl.h, linux/landlock.h); the Landlock system
+# calls have the same numbers on every architecture
+_PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 1, 24, 38, 36
+_SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+_LANDLOCK_WRITE_FILE, _LANDLOCK_TRUNCATE = 1 << 1, 1 << 14
+# the rights that change the file system (not READ_FILE, READ_DIR, EXECUTE: imports read anywhere),
+# each with the ABI that introduced it: WRITE_FILE, REMOVE_DIR ... MAKE_SYM, REFER, TRUNCATE
+_LANDLOCK_FS_WRITES = [(1 << b, 1) for b in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12)] + [(1 << 13, 2), (1 << 14, 3)]
+_LANDLOCK_NET_TCP = 0b11  # BIND_TCP | CONNECT_TCP, ABI 4
+_LANDLOCK_SCOPES = 0b11  # ABSTRACT_UNIX_SOCKET | SIGNAL, ABI 6
+
+
+def _confine(config: dict) -> tuple[list[str], list[bool]]:
+    """Put this process in its sandbox; return the layers in place and the guard's on switch."""
+    linux = sys.platform.startswith("linux")  # prctl, Landlock, capabilities and /proc are Linux's
+    libc = ctypes.CDLL(None, use_errno=True)
+    layers = []
+    if config["cgroup"]:  # first, while writing outside the sandbox is still allowed
+        Path(config["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
+        layers.append("pids-cgroup")
+    if linux:
+        _prctl(libc, _PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the parent...
+        if os.getppid() != config["parent"]:  # ...even if it died before the line above
+            os._exit(5)
+        _prctl(libc, _PR_SET_CHILD_SUBREAPER, 1)
+    cpu = math.ceil(config["timeout"]) + 1  # the parent's wall clock comes first; this is a backstop
+    for limit, value in ((resource.RLIMIT_AS, config["memory_mb"] << 20), (resource.RLIMIT_CPU, cpu),
+                         (resource.RLIMIT_FSIZE, config["max_file_mb"] << 20), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
+    layers.append("rlimits")
+    if linux and os.geteuid() != 0:  # RLIMIT_NPROC counts all the user's tasks: allow ours on top
+        nproc = _tasks_of_user(os.getuid()) + config["max_processes"] - 1
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        layers.append("nproc")
+    if linux:
+        _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1)  # Landlock needs it; exec of setuid files gains nothing
+        layers += _landlock(libc, config["workdir"])
+        if os.geteuid() == 0:
+            _drop_capabilities(libc)
+            layers.append("no-capabilities")
+    guard_on = [False]
+    if config["guard"]:
+        guard_on[0] = True
+        _install_guard(config["workdir"], guard_on)
+        layers.append("guard")
+    return layers, guard_on
+
+
+def _prctl(libc, option: int, value: int) -> None:
+    if libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def _syscall(libc, number: int, *args) -> int:
+    result = libc.syscall(ctypes.c_long(number), *args)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syscall {number}: {os.strerror(err)}")
+    return result
+
+
+def _tasks_of_user(uid: int) -> int:
+    count = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{name}/task"))
+    return count
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # packed in linux/landlock.h
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _landlock(libc, workdir: str) -> list[str]:
+    """Let this process (and all it starts) change files only beneath workdir; [] where the kernel
+    has no Landlock."""
+    try:
+        abi = _syscall(libc, _SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_long(1))
+    except OSError:
+        return []
+    fs = sum(bit for bit, since in _LANDLOCK_FS_WRITES if abi >= since)
+    attr = _RulesetAttr(fs, _LANDLOCK_NET_TCP if abi >= 4 else 0, _LANDLOCK_SCOPES if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24  # an older kernel refuses fields it does not know
+    ruleset = _syscall(libc, _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+                       ctypes.c_long(0))
+    try:
+        null_rights = _LANDLOCK_WRITE_FILE | (_LANDLOCK_TRUNCATE if abi >= 3 else 0)
+        for path, allowed in ((workdir, fs), ("/dev/null", null_rights)):
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = _PathBeneathAttr(allowed, fd)
+                _syscall(libc, _SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1),
+                         ctypes.byref(rule), ctypes.c_long(0))  # 1: LANDLOCK_RULE_PATH_BENEATH
+            finally:
+                os.close(fd)
+        _syscall(libc, _SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset), ctypes.c_long(0))
+    finally:
+        os.close(ruleset)
+    return ["landlock-fs"] + ["landlock-tcp"] * (abi >= 4) + ["landlock-scope"] * (abi >= 6)
+
+
+def _drop_capabilities(libc) -> None:
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for cap in range(last + 1):  # the bounding set first, so that no later exec gets any back
+        _prctl(libc, _PR_CAPBSET_DROP, cap)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable, two words each: all empty
+    if libc.capset(header, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
+
+
+# the guard's tables: events that start or signal processes, open connections or load native code
+_REFUSED_EVENTS = frozenset({"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+                             "subprocess.Popen", "os.kill", "os.killpg", "resource.setrlimit"})
+_REFUSED_PREFIXES = ("socket.", "ctypes.")
+# events that change the file system -> for each path they change: (argument index of the path,
+# argument index of the directory fd it is relative to, or None)
+_PATH_EVENTS = {
+    "os.mkdir": ((0, 2),), "os.rmdir": ((0, 1),), "os.remove": ((0, 1),), "os.chmod": ((0, 2),),
+    "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)), "os.symlink": ((1, 2),),
+    "os.chown": ((0, 3),), "os.utime": ((0, 3),), "os.truncate": ((0, None),), "os.chflags": ((0, None),),
+    "os.setxattr": ((0, None),), "os.removexattr": ((0, None),), "shutil.rmtree": ((0, 1),),
+}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# functions that change the system but raise no audit event
+_UNAUDITED = ("setsid", "setpgid", "setpgrp", "mkfifo", "mknod")
+
+
+def _install_guard(workdir: str, on: list[bool]) -> None:
+    root = os.path.realpath(workdir)
+
+    def inside(path, dir_fd) -> bool:
+        try:
+            if isinstance(path, int):  # an open descriptor: check what it refers to
+                target = os.readlink(f"/proc/self/fd/{path}")
+                if not target.startswith("/"):  # a pipe, socket or anonymous inode, not a file
+                    return True
+            else:
+                base = os.getcwd() if dir_fd in (None, -1) else os.readlink(f"/proc/self/fd/{dir_fd}")
+                target = os.path.join(base, os.fsdecode(path))
+            # both the entry itself and what it points to must be inside
+            for p in (os.path.realpath(target),
+                      os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))):
+                if p != root and not p.startswith(root + os.sep):
+                    return False
+            return True
+        except (OSError, TypeError, ValueError):
+            return False
+
+    def hook(event: str, args: tuple) -> None:
+        if not on[0]:
+            return
+        if event in _REFUSED_EVENTS or event.startswith(_REFUSED_PREFIXES):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "open":
+            path, mode, flags = args
+            writes = flags & _WRITE_FLAGS if isinstance(flags, int) else any(c in (mode or "") for c in "wax+")
+            if writes and not isinstance(path, int) and not inside(path, None):
+                raise PermissionError(f"sandbox: writing {path!r} outside the working directory")
+        for path_at, fd_at in _PATH_EVENTS.get(event, ()):
+            dir_fd = args[fd_at] if fd_at is not None else None
+            if not inside(args[path_at], dir_fd):
+                raise PermissionError(f"sandbox: {event} on {args[path_at]!r} outside the working directory")
+
+    def refuse(name: str):
+        def refused(*args, **kwargs):
+            raise PermissionError(f"sandbox: os.{name} is not allowed")
+        return refused
+
+    sys.addaudithook(hook)
+    import posix
+    for name in _UNAUDITED:
+        for module in (os, posix):
+            if hasattr(module, name):
+                setattr(module, name, refuse(name))
