@@ -79,7 +79,8 @@ run_state() {  # dir -> running | finished | stopped | failed (exit N) | ended w
   rc=$(cat "$dir/exit_code" 2>/dev/null || true)
   if [ -z "$rc" ]; then
     if [ -f "$dir/child.pid" ]; then echo "ended without an exit code (killed, or the pod was lost)"; else echo "not started"; fi
-  elif [ "$rc" = 0 ] && [ -f "$dir/stop_requested" ]; then echo "stopped (checkpoint saved)"
+  elif [ -f "$dir/stop_requested" ] && grep -q 'stopped by signal' "$dir/console.log" 2>/dev/null; then
+    echo "stopped (checkpoint saved)"  # the training loops exit 143 after saving, torchrun then 1
   elif [ "$rc" = 0 ]; then echo "finished"
   else echo "failed (exit $rc)"
   fi
@@ -170,7 +171,7 @@ cmd_stop() {
   done
   local saved
   saved=$(grep -E 'stopped by signal|saved checkpoint' "$dir/console.log" 2>/dev/null | tail -n1 || true)
-  if [ "$rc" = 0 ]; then
+  if [ "$rc" = 0 ] || grep -q 'stopped by signal' "$dir/console.log" 2>/dev/null; then
     echo "run $run stopped${saved:+: $saved}"
   elif [ -z "$rc" ]; then
     echo "run $run ended (its exit code was not recorded)${saved:+; last: $saved}"

@@ -120,6 +120,7 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
     from nanochat.schedule import hold_then_decay, lr_multiplier, muon_momentum
     from nanochat.tokenizer import Tokenizer
     from nanochat.training import (
+        STOPPED_EXIT_CODE,
         StopRequest,
         check_finite,
         maybe_compile,
@@ -313,6 +314,8 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
         _print_samples(model, tokenizer, amp)
     log.finish()
     compute_cleanup()
+    if stop.signalled:
+        raise SystemExit(STOPPED_EXIT_CODE)
     return summary
 
 

@@ -42,6 +42,11 @@ class LoopState:
         return self.training_seconds / (self.step - 1) * max(total_steps - self.step, 0)
 
 
+# A run stopped by SIGTERM exits with the shell's code for "terminated by SIGTERM" after its checkpoint
+# is safe: wrappers (speedrun.sh's stages) must not take a stopped run for a finished one.
+STOPPED_EXIT_CODE = 143
+
+
 class StopRequest:
     """SIGTERM (dev/launch.sh stop, a pod shutting down) asks the loop to stop at the next step
     boundary, after saving a checkpoint, instead of dying mid-step. All ranks agree on the step:

@@ -116,6 +116,7 @@ def main(opts: Options) -> dict:
     from nanochat.schedule import lr_multiplier, muon_momentum
     from nanochat.tokenizer import Tokenizer
     from nanochat.training import (
+        STOPPED_EXIT_CODE,
         StopRequest,
         check_finite,
         global_mean,
@@ -243,6 +244,8 @@ def main(opts: Options) -> dict:
     loader.close()
     log.finish()
     compute_cleanup()
+    if stop.signalled:
+        raise SystemExit(STOPPED_EXIT_CODE)
     return summary
 
 

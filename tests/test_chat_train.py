@@ -277,7 +277,7 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary(base_dir):
         seen += proc.stdout.readline()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 143, err[-2000:]  # not 0: a wrapper must not take it for a finished run
     assert "stopped by signal: saved checkpoint step" in out
     from nanochat.checkpoint import latest_step, load_model
 
