@@ -328,11 +328,14 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         loss_reduction: str = "mean",
         last_only: bool = False,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, V) in fp32, or the loss if targets (B, T) is given.
 
         last_only: logits (B, 1, V) of the last position only: a prefill needs no more, and the
         vocabulary-wide head over every prompt position would dominate its time.
+        at: (rows, cols) index tensors (M,): logits (M, V) at positions (rows[m], cols[m]) only, for
+        scoring a few continuation tokens of long prompts (CORE) without the head everywhere else.
 
         Targets of -1 are ignored. loss_reduction: "mean" over the non-ignored tokens (0 when all are
         ignored, not NaN, so a fully masked micro-batch cannot poison training), "sum", or "none"
@@ -363,6 +366,8 @@ class GPT(nn.Module):
             kv_cache.advance(T)
 
         if targets is None:
+            if at is not None:
+                return self._logits(x[at[0], at[1]])  # (M, V)
             return self._logits(x[:, -1:] if last_only else x)  # (B, T or 1, V)
         if loss_reduction != "none" and self._fused_loss_ok(x):
             total = _HeadLossSum.apply(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T),

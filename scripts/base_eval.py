@@ -1,0 +1,124 @@
+"""Evaluate a checkpoint on the CORE metric (DCLM's 22 in-context tasks; see nanochat/core_eval.py).
+
+    python -m scripts.base_eval --download_only                 # fetch + unpack the eval bundle only
+    python -m scripts.base_eval                                 # latest base checkpoint, every row
+    python -m scripts.base_eval --max_per_task=500              # quick estimate: 500 rows per task
+    python -m scripts.base_eval --source=mid --model_tag=d20 --step=800
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_eval   # rows dealt over the GPUs
+    python -m scripts.base_eval --device_type=cpu --max_per_task=16 --batch_size=8   # tiny CPU run
+
+The bundle lives in $NANOCHAT_BASE_DIR/eval_bundle and is fetched on first use from the URL in
+core_eval.EVAL_BUNDLE (or $NANOCHAT_EVAL_BUNDLE_URL: a mirror, or a local eval_bundle.zip). Results go
+to $NANOCHAT_BASE_DIR/base_eval/<tag>_step<NNNNNN>.csv (other phases: <phase>_<tag>_step<NNNNNN>.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanochat.common import get_base_dir, print0, run_main, setup_logging
+from nanochat.config import format_config, parse_args
+
+
+@dataclass
+class Options:
+    source: str = "base"  # which checkpoints: base | mid | sft | rl
+    model_tag: str = ""  # checkpoint folder ('' = the most recently saved tag)
+    step: int = -1  # checkpoint step (-1 = latest)
+    max_per_task: int = -1  # rows evaluated per task (-1 = all; e.g. 500 for a quick estimate)
+    batch_size: int = 32  # sequences per forward pass (1 = one at a time; 8 is fastest on a CPU)
+    device_type: str = ""  # cuda | mps | cpu ('' = autodetect)
+    dtype: str = ""  # bf16 | fp16 | fp32 ('' = bf16 on CUDA, fp32 elsewhere)
+    download_only: bool = False  # fetch and unpack the eval bundle into $NANOCHAT_BASE_DIR, then exit
+
+    def __post_init__(self):
+        from nanochat.checkpoint import PHASES
+
+        if self.source not in PHASES:
+            raise ValueError(f"--source must be one of {', '.join(PHASES)}, got {self.source!r}")
+        if self.max_per_task == 0 or self.max_per_task < -1:
+            raise ValueError(f"--max_per_task must be -1 (all rows) or a positive count, got {self.max_per_task}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+def csv_path(phase: str, tag: str, step: int) -> Path:
+    name = f"{tag}_step{step:06d}.csv" if phase == "base" else f"{phase}_{tag}_step{step:06d}.csv"
+    return get_base_dir() / "base_eval" / name
+
+
+def write_results_csv(path: Path, results: dict) -> Path:
+    """One row per task and a last CORE row; written to a temp name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["Task", "Accuracy", "Centered", "Random baseline", "Rows"])
+        for label, t in results["tasks"].items():
+            out.writerow([label, f"{t['accuracy']:.6f}", f"{t['centered']:.6f}", t["random_baseline"], t["examples"]])
+        out.writerow(["CORE", "", f"{results['CORE']:.6f}", "", ""])
+    os.replace(tmp, path)
+    return path
+
+
+def fetch_bundle(compute) -> Path:
+    """Rank 0 fetches the bundle if missing; every rank learns whether it worked, so none waits forever
+    at a collective after rank 0 failed."""
+    import torch
+
+    from nanochat.core_eval import bundle_dir, ensure_bundle
+
+    error = None
+    if compute.dist.is_master:
+        try:
+            ensure_bundle()
+        except (FileNotFoundError, ValueError) as e:
+            error = e
+    if compute.dist.is_distributed:
+        failed = torch.tensor([error is not None], dtype=torch.long, device=compute.device)  # (1,)
+        torch.distributed.all_reduce(failed)
+        if failed.item() and error is None:
+            raise FileNotFoundError("rank 0 could not fetch the CORE eval bundle (see its error line)")
+    if error is not None:
+        raise error
+    return bundle_dir()
+
+
+def main(opts: Options) -> dict:
+    from nanochat.checkpoint import checkpoint_dir, load_model
+    from nanochat.common import autocast, compute_cleanup, compute_init, resolve_dtype
+    from nanochat.core_eval import ensure_bundle, evaluate_core
+    from nanochat.tokenizer import Tokenizer
+
+    if opts.download_only:
+        path = ensure_bundle()
+        print0(f"eval bundle: {path}")
+        return {"bundle": str(path)}
+    compute = compute_init(opts.device_type)
+    amp = autocast(compute.device_type, resolve_dtype(opts.dtype, compute.device_type))
+    print0(format_config(opts))
+    bundle = fetch_bundle(compute)
+    tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
+    ckpt_dir = checkpoint_dir(opts.source, opts.model_tag or None)
+    model, meta = load_model(ckpt_dir, None if opts.step < 0 else opts.step, device=compute.device)
+    if model.config.vocab_size != tokenizer.n_vocab:
+        raise ValueError(f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the tokenizer's "
+                         f"({tokenizer.n_vocab}): was the tokenizer retrained after this model?")
+    print0(f"model: {ckpt_dir} step {meta['step']}, eval bundle: {bundle}")
+    results = evaluate_core(model, tokenizer, bundle, max_per_task=opts.max_per_task, batch_size=opts.batch_size,
+                            autocast=amp)
+    path = csv_path(opts.source, ckpt_dir.name, meta["step"])
+    if compute.dist.is_master:
+        write_results_csv(path, results)
+        print0(f"results: {path}")
+    compute_cleanup()
+    tasks = {label: {"accuracy": t["accuracy"], "centered": t["centered"]} for label, t in results["tasks"].items()}
+    return {"CORE": results["CORE"], "tasks": tasks, "csv": str(path)}
+
+
+if __name__ == "__main__":
+    setup_logging()
+    run_main(main, parse_args(Options, prog="python -m scripts.base_eval", description=__doc__))
