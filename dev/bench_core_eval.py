@@ -69,7 +69,7 @@ def make_bundle(root: Path, rows: int, seed: int = 0) -> Path:
 
 class FullLogits(torch.nn.Module):
     """The GPT seen as a plain logits model: core_eval then takes the head at every position and picks
-    the continuation rows afterwards (the path every non-GPT model takes), instead of logits_at's hook."""
+    the continuation rows afterwards (the path every non-GPT model takes), instead of the head at the scored positions only (GPT.forward's at=)."""
 
     def __init__(self, model):
         super().__init__()
