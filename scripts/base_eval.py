@@ -21,6 +21,7 @@ from pathlib import Path
 
 from nanochat.common import get_base_dir, print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args
+from nanochat.report import SECTION_BASE_EVAL, log_section
 
 
 @dataclass
@@ -116,6 +117,10 @@ def main(opts: Options) -> dict:
         print0(f"results: {path}")
     compute_cleanup()
     tasks = {label: {"accuracy": t["accuracy"], "centered": t["centered"]} for label, t in results["tasks"].items()}
+    if opts.source == "base":  # the report's CORE column is the base model's
+        notes = [f"at most {opts.max_per_task} rows per task"] if opts.max_per_task > 0 else []
+        log_section(SECTION_BASE_EVAL, {"checkpoint": f"{ckpt_dir.name} step {meta['step']}", "CORE": results["CORE"],
+                                        "tasks": tasks}, notes=notes)
     return {"CORE": results["CORE"], "tasks": tasks, "csv": str(path)}
 
 
