@@ -83,7 +83,9 @@ fi
 
 REPORT="$NANOCHAT_BASE_DIR/report/report.md"
 [ -f "$REPORT" ] || die "the speedrun finished but wrote no report at $REPORT"
-cp "$REPORT" "$FINAL_REPORT.tmp" && mv "$FINAL_REPORT.tmp" "$FINAL_REPORT"
+# the report links its plots relative to report/; point them at the same files from $WORKSPACE
+PLOTS_REL=$(realpath -m --relative-to="$WORKSPACE" "$NANOCHAT_BASE_DIR/report/plots")
+sed "s#](plots/#]($PLOTS_REL/#g" "$REPORT" > "$FINAL_REPORT.tmp" && mv "$FINAL_REPORT.tmp" "$FINAL_REPORT"
 echo "== done in $((ELAPSED / 3600))h$((ELAPSED % 3600 / 60))m; report: $FINAL_REPORT ==" | tee -a "$LOG"
 if [ -f "$NANOCHAT_BASE_DIR/stages/durations.txt" ]; then
   echo "stage durations (s):" | tee -a "$LOG"

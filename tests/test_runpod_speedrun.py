@@ -59,6 +59,8 @@ def test_killed_run_resumes_then_a_rerun_skips_everything(tmp_path):
     assert "not available offline" in report
     assert "Midtraining" in report and "Chat SFT" in report
     assert "stage durations" in out
+    links = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert links and all((ws / link).is_file() for link in links)  # the plots resolve from the volume's copy
 
     again = start(ws, AUTO_BACKUP="1", AUTO_STOP="1")
     out2, _ = again.communicate(timeout=300)
