@@ -295,3 +295,33 @@ def test_bigger_batch_than_the_previous_run_warns(capsys):
     assert "may not fit in GPU memory" in capsys.readouterr().out
     _warn_if_larger(ChatOptions(device_batch_size=32), 2048, {"options": {"device_batch_size": 32, "max_seq_len": 2048}})
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_chat_phases_under_torchrun_gloo(tmp_path):
+    """Same conversations per step either way (rank r takes r, r+2, ...; one process takes them in two
+    micro-batches): the step's loss is the mean over all its assistant tokens, so the curves agree."""
+    base = tmp_path / "base"
+    make_tiny_checkpoint(base, phase="base", tag="d1")
+    common = ["--source=base", "--init_lr_frac=1.0", "--device_batch_size=2", "--target_examples_per_step=4",
+              "--num_iterations=4", "--eval_every=-1"]
+    single = run("chat_sft", common, base)
+    assert "2 x 1 processes x 2 accumulation" in single.stdout
+    one = metrics(base / "chatsft_checkpoints" / "d1" / "metrics.jsonl")
+    (base / "chatsft_checkpoints").rename(base / "single")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "scripts.chat_sft", *TINY, *common]
+    ddp = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-2000:]
+    assert "2 x 2 processes x 1 accumulation" in ddp.stdout
+    two = metrics(base / "chatsft_checkpoints" / "d1" / "metrics.jsonl")
+    assert [two[s]["loss"] for s in range(4)] == pytest.approx([one[s]["loss"] for s in range(4)], rel=1e-5)
+    assert one[3]["loss"] != one[0]["loss"]
+    # midtraining under torchrun too: ranks read interleaved conversations, so only the run itself is compared
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "scripts.mid_train", *TINY, *MID, "--num_iterations=3", "--eval_every=3"]
+    mid = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert mid.returncode == 0, mid.stdout[-2000:] + mid.stderr[-2000:]
+    assert "x 2 processes x 1 accumulation" in mid.stdout and "step 00003 | validation loss" in mid.stdout
