@@ -78,7 +78,7 @@ class ChatOptions:
             raise ValueError(f"--init_lr_frac must be in (0, 10], got {self.init_lr_frac}")
 
 
-def _load_previous(opts: ChatOptions, device):
+def load_previous(opts: ChatOptions, device):
     """(model, its meta, its tag); a missing checkpoint is one line naming the script that makes it."""
     from nanochat import checkpoint as ckpt
 
@@ -94,7 +94,7 @@ def _load_previous(opts: ChatOptions, device):
     return model, meta, src_dir.name
 
 
-def _warn_if_larger(opts: ChatOptions, seq_len: int, prev: dict) -> None:
+def warn_if_larger(opts: ChatOptions, seq_len: int, prev: dict) -> None:
     """The previous run's batch fitted its GPU; a bigger one here may not (the memory is mostly activations)."""
     prev_opts = prev.get("options") or {}
     prev_b, prev_t = prev_opts.get("device_batch_size"), prev_opts.get("max_seq_len")
@@ -139,7 +139,7 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
     print0(format_config(opts))
 
     tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
-    model, prev_meta, tag = _load_previous(opts, device)
+    model, prev_meta, tag = load_previous(opts, device)
     model.train()
     config = model.config
     model_config = dataclasses.asdict(config)
@@ -149,7 +149,7 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
     T = config.sequence_len if opts.max_seq_len < 0 else opts.max_seq_len
     if not 1 <= T <= config.sequence_len:
         raise ValueError(f"--max_seq_len={opts.max_seq_len}: the model's context is {config.sequence_len} tokens")
-    _warn_if_larger(opts, T, prev_meta)
+    warn_if_larger(opts, T, prev_meta)
 
     spec = opts.tasks or phase + ("-offline" if opts.offline else "")
     persona = Persona(opts.identity_name, opts.identity_creator)

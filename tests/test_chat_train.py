@@ -288,12 +288,12 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary(base_dir):
 
 
 def test_bigger_batch_than_the_previous_run_warns(capsys):
-    from nanochat.chat_train import ChatOptions, _warn_if_larger
+    from nanochat.chat_train import ChatOptions, warn_if_larger
 
     opts = ChatOptions(device_batch_size=64)
-    _warn_if_larger(opts, 2048, {"options": {"device_batch_size": 32, "max_seq_len": 2048}})
+    warn_if_larger(opts, 2048, {"options": {"device_batch_size": 32, "max_seq_len": 2048}})
     assert "may not fit in GPU memory" in capsys.readouterr().out
-    _warn_if_larger(ChatOptions(device_batch_size=32), 2048, {"options": {"device_batch_size": 32, "max_seq_len": 2048}})
+    warn_if_larger(ChatOptions(device_batch_size=32), 2048, {"options": {"device_batch_size": 32, "max_seq_len": 2048}})
     assert capsys.readouterr().out == ""
 
 
