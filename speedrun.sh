@@ -11,7 +11,7 @@
 # script again skips those and resumes the interrupted one from its last checkpoint (a lost pod, a
 # crash, Ctrl-C). To start over, point NANOCHAT_BASE_DIR at a fresh directory.
 # Knobs (environment): DEPTH, VOCAB_SIZE, SEQ_LEN, BASE_STEPS, MID_STEPS, SFT_STEPS, EVAL_PROBLEMS,
-# DEVICE_BATCH_SIZE (GPU), RUN_RL=1, WANDB_RUN, NUM_SHARDS; the step counts default to the phases' own horizons on GPU.
+# DEVICE_BATCH_SIZE (GPU), CPU_RUN=1 (the CPU configuration on a GPU machine), RUN_RL=1, WANDB_RUN, NUM_SHARDS; the step counts default to the phases' own horizons on GPU.
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=dev/setup_env.sh
@@ -50,6 +50,7 @@ NGPU=0
 if command -v nvidia-smi >/dev/null 2>&1; then
   NGPU=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
 fi
+if [ "${CPU_RUN:-0}" = 1 ]; then NGPU=0; fi  # the CPU configuration even where GPUs exist (dev/runcpu.sh)
 ONLINE=0
 if [ "${NANOCHAT_OFFLINE:-0}" != 1 ] && "$PY" - <<'EOF' 2>/dev/null; then ONLINE=1; fi
 import urllib.request
