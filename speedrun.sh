@@ -10,7 +10,7 @@
 # Resumable: each completed stage leaves $NANOCHAT_BASE_DIR/stages/<stage>.done, and running the
 # script again skips those and resumes the interrupted one from its last checkpoint (a lost pod, a
 # crash, Ctrl-C). To start over, point NANOCHAT_BASE_DIR at a fresh directory.
-# Knobs (environment): DEPTH, VOCAB_SIZE, SEQ_LEN, BASE_STEPS, MID_STEPS, SFT_STEPS, EVAL_PROBLEMS,
+# Knobs (environment): DEPTH, VOCAB_SIZE, SEQ_LEN, BASE_STEPS, MID_STEPS, SFT_STEPS, RL_STEPS, EVAL_PROBLEMS,
 # DEVICE_BATCH_SIZE (GPU), CPU_RUN=1 (the CPU configuration on a GPU machine), RUN_RL=1, WANDB_RUN, NUM_SHARDS; the step counts default to the phases' own horizons on GPU.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -73,9 +73,12 @@ if [ "$NGPU" -gt 0 ]; then
   LOSS_ARGS=(--device_batch_size="$DBS")
   MID_ARGS=(--run="${WANDB_RUN:-dummy}" --save_every=500 "${BATCH[@]}")
   SFT_ARGS=(--run="${WANDB_RUN:-dummy}" --save_every=500 --target_examples_per_step=$((SFT_PER_PASS * SFT_ACCUM)))
+  # RL prompts per step must split evenly over the GPUs
+  RL_ARGS=(--run="${WANDB_RUN:-dummy}" --save_every=60 --examples_per_step=$(((16 + NGPU - 1) / NGPU * NGPU)))
   if [ -n "${BASE_STEPS:-}" ]; then BASE_ARGS+=(--num_iterations="$BASE_STEPS"); fi
   if [ -n "${MID_STEPS:-}" ]; then MID_ARGS+=(--num_iterations="$MID_STEPS"); fi
   if [ -n "${SFT_STEPS:-}" ]; then SFT_ARGS+=(--num_iterations="$SFT_STEPS"); fi
+  if [ -n "${RL_STEPS:-}" ]; then RL_ARGS+=(--num_iterations="$RL_STEPS"); fi
   EVAL_ARGS=()
   CORE_ARGS=()
   [ -n "${EVAL_PROBLEMS:-}" ] && EVAL_ARGS=(--max_problems="$EVAL_PROBLEMS")
@@ -93,6 +96,8 @@ else
   # a small model trained for minutes needs more than SFT's usual 2% of the base learning rates to move
   SFT_ARGS=("${CHAT_CPU[@]}" --device_batch_size=4 --target_examples_per_step=8 --num_iterations="${SFT_STEPS:-100}"
             --init_lr_frac=0.1)
+  RL_ARGS=(--max_seq_len="$SEQ_LEN" --examples_per_step=4 --num_samples=4 --max_new_tokens=64
+           --num_iterations="${RL_STEPS:-30}" --eval_every=15 --eval_examples="${EVAL_PROBLEMS:-20}" --save_every=15)
   EVAL_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --max_new_tokens=128)
   CORE_ARGS=(--max_per_task="${EVAL_PROBLEMS:-20}" --batch_size=8)
   echo "CPU run: no GPU found; a small configuration that finishes in minutes"
@@ -151,12 +156,11 @@ run_stage mid-eval "${LAUNCH[@]}" -m scripts.chat_eval -i mid "${EVAL_ARGS[@]}"
 run_stage sft-train "${LAUNCH[@]}" -m scripts.chat_sft --resume=auto "${CHAT_DATA[@]}" "${SFT_ARGS[@]}"
 run_stage sft-eval "${LAUNCH[@]}" -m scripts.chat_eval -i sft "${EVAL_ARGS[@]}"
 if [ "${RUN_RL:-0}" = 1 ]; then
-  if [ -f scripts/chat_rl.py ]; then
-    run_stage rl-train "${LAUNCH[@]}" -m scripts.chat_rl --resume=auto
-    run_stage rl-eval "${LAUNCH[@]}" -m scripts.chat_eval -i rl -a GSM8K "${EVAL_ARGS[@]}"
-  else
-    echo "RUN_RL=1: scripts/chat_rl.py is not part of this checkout yet; RL skipped"
-  fi
+  # GSM8K online; offline (and on CPU) the generated arithmetic word problems, scored the same way
+  RL_EVAL=(-a GSM8K)
+  if [ "${#CHAT_DATA[@]}" -gt 0 ]; then RL_EVAL=(-a 'HumanEval|SpellingBee'); fi
+  run_stage rl-train "${LAUNCH[@]}" -m scripts.chat_rl --resume=auto "${CHAT_DATA[@]}" "${RL_ARGS[@]}"
+  run_stage rl-eval "${LAUNCH[@]}" -m scripts.chat_eval -i rl "${RL_EVAL[@]}" "${EVAL_ARGS[@]}"
 fi
 
 echo
