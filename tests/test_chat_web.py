@@ -341,16 +341,24 @@ def test_busy_pool_answers_503(tokenizer, serve_app):
     from nanochat.chat_server import ServerSettings, create_app
 
     gate = threading.Event()
-    settings = ServerSettings(max_queue=1, queue_timeout=0.5)
+    # the timeout is long enough that the second request is still waiting whatever the machine's load
+    settings = ServerSettings(max_queue=1, queue_timeout=3.0)
     url = serve_app(create_app([ScriptedEngine(tokenizer, [65] * 50, gate)], tokenizer, settings))
     body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 50}
 
     async def run():
         async with httpx.AsyncClient(timeout=20) as client:
+            async def until(key, value):  # poll /stats instead of guessing how long the server takes
+                for _ in range(200):
+                    if (await client.get(url + "/stats")).json()[key] == value:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"/stats never showed {key} == {value}")
+
             first = asyncio.create_task(client.post(url + "/chat/completions", json=body))
-            await asyncio.sleep(0.3)  # the first request holds the only worker, blocked on the gate
+            await until("busy", 1)  # the first request holds the only worker, blocked on the gate
             second = asyncio.create_task(client.post(url + "/chat/completions", json=body))  # waits, times out
-            await asyncio.sleep(0.1)
+            await until("queue_length", 1)
             third = await client.post(url + "/chat/completions", json=body)  # queue full: refused at once
             stats = (await client.get(url + "/stats")).json()
             second = await second
