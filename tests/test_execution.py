@@ -148,12 +148,13 @@ def test_infinite_loop_times_out():
     r = execute("while True:\n    pass", timeout=1.0)
     elapsed = time.monotonic() - start
     assert r.status == "timeout" and "1 s" in r.error
-    assert 1.0 <= r.duration < 1.5 and elapsed < 2.5, (r.duration, elapsed)
+    # bounds generous enough for a loaded machine: the point is that it ends, not how fast
+    assert 1.0 <= r.duration < 4 and elapsed < 6, (r.duration, elapsed)
 
 
 def test_sleeping_past_the_timeout_times_out():
     r = execute("import time\nprint('start', flush=True)\ntime.sleep(30)", timeout=0.5)
-    assert r.status == "timeout" and r.stdout == "start\n" and r.duration < 1.5
+    assert r.status == "timeout" and r.stdout == "start\n" and r.duration < 4
 
 
 def test_memory_bomb_is_contained():
@@ -232,7 +233,7 @@ def test_huge_output_is_capped_and_does_not_hang():
 
 def test_endless_output_still_times_out():
     r = execute("while True:\n    print('x' * 1000)", timeout=1.0, output_limit=5000)
-    assert r.status == "timeout" and len(r.stdout) <= 5000 and r.duration < 2
+    assert r.status == "timeout" and len(r.stdout) <= 5000 and r.duration < 4
 
 
 def test_file_size_limit():
@@ -334,13 +335,13 @@ def test_tcp_connections_are_refused(layers, guard):
 
 
 def test_execute_many_keeps_order_and_runs_in_parallel():
-    codes = [f"import time\ntime.sleep(0.8)\nprint({i})" for i in range(4)] + ["assert False", "while True: pass"]
+    codes = [f"import time\ntime.sleep(1.5)\nprint({i})" for i in range(4)] + ["assert False", "while True: pass"]
     start = time.monotonic()
     results = execute_many(codes, workers=6, timeout=2.0)
     elapsed = time.monotonic() - start
     assert [r.status for r in results] == ["passed"] * 4 + ["failed", "timeout"]
     assert [r.stdout for r in results[:4]] == ["0\n", "1\n", "2\n", "3\n"]
-    assert elapsed < 4.5  # serially: 4 x 0.8 + 2 s of timeout and more
+    assert elapsed < 6  # serially: 4 x 1.5 + 2 s of timeout and more
     assert execute_many([]) == []
 
 
@@ -389,7 +390,7 @@ def test_humaneval_slow_completion_fails_at_the_timeout():
     conv = by_id(task, "HumanEval/0")
     start = time.monotonic()
     assert not task.evaluate(conv, "    while True:\n        pass\n")
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 5  # ended by the 0.5 s timeout, not by the loop
 
 
 @pytest.mark.slow  # 164 programs: ~10 s on two cores
