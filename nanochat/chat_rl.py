@@ -198,6 +198,7 @@ def train_rl(opts: RLOptions, tasks=None) -> dict:
         STOPPED_EXIT_CODE,
         StopRequest,
         check_finite,
+        checkpoint_boundary,
         maybe_compile,
         oom_error,
         optimizer_step,
@@ -281,15 +282,8 @@ def train_rl(opts: RLOptions, tasks=None) -> dict:
             pass_rate = evaluate()
             print0(f"step {step:05d} | eval pass@1 {pass_rate:.4f}")
             log.record(step, val_pass_rate=pass_rate)
-        if last or stopping or (opts.save_every > 0 and step % opts.save_every == 0 and step > 0):
-            save(step)
-            if stopping:
-                print0(f"stopped by signal: saved checkpoint step {step}")
-                break
-            if step == opts.stop_after:
-                print0(f"stopping after step {step} as asked (--stop_after)")
-                break
-        if last:
+        if checkpoint_boundary(step, last=last, stopping=stopping, save_every=opts.save_every,
+                               stop_after=opts.stop_after, save=save):
             break
 
         t0 = time.perf_counter()

@@ -123,6 +123,7 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
         STOPPED_EXIT_CODE,
         StopRequest,
         check_finite,
+        checkpoint_boundary,
         maybe_compile,
         oom_error,
         optimizer_step,
@@ -230,15 +231,8 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
             loop.min_val = min(loop.min_val, val_loss)
             print0(f"step {step:05d} | validation loss {val_loss:.4f}")
             log.record(step, val_loss=val_loss)
-        if last or stopping or (opts.save_every > 0 and step % opts.save_every == 0 and step > 0):
-            save(step)
-            if stopping:
-                print0(f"stopped by signal: saved checkpoint step {step}")
-                break
-            if step == opts.stop_after:
-                print0(f"stopping after step {step} as asked (--stop_after)")
-                break
-        if last:
+        if checkpoint_boundary(step, last=last, stopping=stopping, save_every=opts.save_every,
+                               stop_after=opts.stop_after, save=save):
             break
 
         t0 = time.perf_counter()

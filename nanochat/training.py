@@ -68,6 +68,21 @@ class StopRequest:
         return bool(flag.item())
 
 
+def checkpoint_boundary(step: int, *, last: bool, stopping: bool, save_every: int, stop_after: int, save,
+                        also: bool = False) -> bool:
+    """At the top of a step: save where the run asks for a checkpoint (the last step, a stop signal,
+    every save_every steps, `also`); True when the loop must end here (last, stopped, --stop_after)."""
+    if last or stopping or also or (save_every > 0 and step % save_every == 0 and step > 0):
+        save(step)
+        if stopping:
+            print0(f"stopped by signal: saved checkpoint step {step}")
+            return True
+        if step == stop_after:
+            print0(f"stopping after step {step} as asked (--stop_after)")
+            return True
+    return last
+
+
 def global_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of a scalar over all ranks (the loss to log, not rank 0's share)."""
     if dist.is_available() and dist.is_initialized():

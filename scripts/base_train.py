@@ -119,6 +119,7 @@ def main(opts: Options) -> dict:
         STOPPED_EXIT_CODE,
         StopRequest,
         check_finite,
+        checkpoint_boundary,
         global_mean,
         maybe_compile,
         oom_error,
@@ -192,16 +193,9 @@ def main(opts: Options) -> dict:
         if info.is_master and not stopping and opts.sample_every > 0 and (last or step % opts.sample_every == 0) and step > 0:
             for prompt in SAMPLE_PROMPTS:
                 print0(f"sample: {prompt!r} -> {greedy_continuation(model, tokenizer, prompt, 16, amp)!r}")
-        if (last or stopping or (opts.save_every > 0 and step % opts.save_every == 0 and step > 0)
-                or (opts.save_initial and step == 0 and resume_step is None)):
-            save(step)
-            if stopping:
-                print0(f"stopped by signal: saved checkpoint step {step}")
-                break
-            if step == opts.stop_after:
-                print0(f"stopping after step {step} as asked (--stop_after)")
-                break
-        if last:
+        if checkpoint_boundary(step, last=last, stopping=stopping, save_every=opts.save_every,
+                               stop_after=opts.stop_after, save=save,
+                               also=opts.save_initial and step == 0 and resume_step is None):
             break
 
         t0 = time.perf_counter()
