@@ -283,7 +283,8 @@ def train_chat(opts: ChatOptions, phase: str) -> dict:
         debiased = loop.advance(train_loss, dt)
         tok_per_s = positions.item() / dt
         step_mfu = mfu(flops_per_token, tok_per_s, peak, ws)
-        total_steps = num_iterations or max(loop.step, round(loop.step / max(data_progress(), 1e-9)))
+        # ETA of a one-pass run from this rank's progress: no collective just for a log line
+        total_steps = num_iterations or max(loop.step, round(loop.step / max(loader.epochs, 1e-9)))
         print0(train_line(loop.step, total_steps, debiased, lrm, grad_norm, dt, tok_per_s, step_mfu,
                           loop.eta(total_steps)))
         extra = {"epochs": loader.epochs}

@@ -1,4 +1,5 @@
-"""Validation loss in bits per byte: comparable across tokenizers and vocabulary sizes.
+"""Validation losses: bits per byte for pretraining (comparable across tokenizers and vocabulary
+sizes), and mean nats per trained-on token for the chat phases (evaluate_loss).
 
 bpb = (sum of per-token cross-entropy in nats over tokens that stand for text) / (ln 2 x the
 UTF-8 bytes those tokens decode to). Special tokens (<|bos|> ...) decode to no text, so both
