@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nanochat.chat_eval import completion_text
+from nanochat.chat_scoring import completion_text
 from nanochat.chat_train import ChatOptions, load_previous, warn_if_larger
 from nanochat.common import get_base_dir, print0
 from nanochat.config import format_config, to_dict
@@ -187,7 +187,7 @@ def train_rl(opts: RLOptions, tasks=None) -> dict:
     import torch.distributed as dist
 
     from nanochat import checkpoint as ckpt
-    from nanochat.chat_eval import Progress, all_reduce_counts, eval_generative, problem_indices
+    from nanochat.chat_scoring import Progress, all_reduce_counts, eval_generative, problem_indices
     from nanochat.common import autocast, compute_cleanup, compute_init, resolve_dtype
     from nanochat.engine import Engine
     from nanochat.optim import build_optimizers

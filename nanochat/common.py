@@ -6,26 +6,107 @@ tokenizer and data tools start in a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 BASE_DIR_ENV = "NANOCHAT_BASE_DIR"
 DEFAULT_BASE_DIR = Path("~/.cache/nanochat")
 
 
+def temp_path(path: str | os.PathLike) -> Path:
+    """The one temp-name convention: a hidden sibling of `path` (same filesystem, so the rename is
+    atomic) marked with the writer's pid, so two writers never share a temp file."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temp path to write `path` through; renamed over `path` on success, removed on failure.
+
+    A reader sees the old file or the new one, never a half-written one.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to `path` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_json_atomic(path: str | os.PathLike, data, **dump_kwargs) -> Path:
-    """Write JSON to a temp name beside `path`, then rename: a reader sees the old file or the new one."""
+    """Write JSON atomically (see atomic_path)."""
     import json
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     dump_kwargs.setdefault("indent", 2)
-    tmp.write_text(json.dumps(data, **dump_kwargs) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(data, **dump_kwargs) + "\n")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait: bool, busy_message: str = "", error: type[Exception] = ValueError):
+    """Hold an exclusive flock on `path` (created if missing) for the block.
+
+    wait=True blocks until the holder is done (printing busy_message once if it has to wait);
+    wait=False raises error(busy_message) at once (a ValueError: scripts print it as one line). Where flock does not exist (Windows),
+    the block runs unguarded: callers keep their files whole by renames, the lock only saves work.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise error(busy_message or f"{path} is locked by another process") from None
+            if busy_message:
+                print0(busy_message)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+class Throttle:
+    """True at most once every `every` seconds: for progress lines that show a long loop is alive
+    without flooding the log."""
+
+    def __init__(self, every: float):
+        import time
+
+        self.every = every
+        self.start = self.last = time.perf_counter()
+
+    def ready(self) -> bool:
+        import time
+
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+    @property
+    def elapsed(self) -> float:
+        import time
+
+        return time.perf_counter() - self.start
 
 
 def get_base_dir(create: bool = True) -> Path:
@@ -73,6 +154,13 @@ def get_dist_info() -> DistInfo:
     return info
 
 
+def dist_initialized() -> bool:
+    """True inside a started torch.distributed job (the one test for "are collectives needed")."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def print0(*args, **kwargs) -> None:
     """print() on rank 0 only, so a torchrun job with 8 ranks prints each line once."""
     if get_dist_info().is_master:
@@ -114,8 +202,13 @@ def autodetect_device_type() -> str:
     return "cpu"
 
 
-def resolve_device_type(requested: str = "") -> str:
-    """Validate a --device_type value ('' = autodetect) against what this machine has.
+# The choices of --device_type and --dtype in every script's options (None = decided here).
+DeviceType = Literal["cuda", "mps", "cpu"]
+DType = Literal["bf16", "fp16", "fp32"]
+
+
+def resolve_device_type(requested: str | None = None) -> str:
+    """Validate a --device_type value (None = autodetect) against what this machine has.
 
     Fails with one line instead of torch's deep stack trace (e.g. 'invalid device ordinal').
     """
@@ -123,7 +216,7 @@ def resolve_device_type(requested: str = "") -> str:
     if requested in ("", "auto"):
         return autodetect_device_type()
     if requested not in ("cuda", "mps", "cpu"):
-        raise ValueError(f"device_type must be cuda, mps, cpu or empty for auto, got {requested!r}")
+        raise ValueError(f"device_type must be cuda, mps or cpu (or unset for auto), got {requested!r}")
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
@@ -135,15 +228,14 @@ def resolve_device_type(requested: str = "") -> str:
     return requested
 
 
-
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def resolve_dtype(dtype: str, device_type: str) -> str:
-    """'' = auto: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU and MPS."""
+def resolve_dtype(dtype: str | None, device_type: str) -> str:
+    """None = auto: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU and MPS."""
     dtype = (dtype or "").strip().lower()
     if dtype and dtype not in DTYPES:
-        raise ValueError(f"dtype must be bf16, fp16, fp32 or empty for auto, got {dtype!r}")
+        raise ValueError(f"dtype must be bf16, fp16 or fp32 (or unset for auto), got {dtype!r}")
     if device_type != "cuda":
         if dtype in ("bf16", "fp16"):
             raise ValueError(f"dtype={dtype} needs a CUDA GPU; on {device_type} use --dtype=fp32")
@@ -157,8 +249,6 @@ def resolve_dtype(dtype: str, device_type: str) -> str:
 
 def autocast(device_type: str, dtype: str):
     """The mixed-precision context for forward passes; a no-op for fp32."""
-    import contextlib
-
     import torch
 
     if dtype == "fp32":
@@ -166,17 +256,30 @@ def autocast(device_type: str, dtype: str):
     return torch.autocast(device_type=device_type, dtype=getattr(torch, DTYPES[dtype]))
 
 
+def torch_dtype(dtype: str):
+    """The torch dtype of a resolved --dtype name (what a KV cache or bf16 weights are stored in)."""
+    import torch
+
+    return getattr(torch, DTYPES[dtype])
+
+
 @dataclass(frozen=True)
 class Compute:
-    """What compute_init decided: the device this rank uses and its place in the job."""
+    """What compute_init decided: the device this rank uses, its precision and its place in the job."""
 
     device_type: str
     device: object  # torch.device
     dist: DistInfo
+    dtype: str = "fp32"  # bf16 | fp16 | fp32, resolved
+
+    def autocast(self):
+        """A fresh mixed-precision context for this run's forward passes."""
+        return autocast(self.device_type, self.dtype)
 
 
-def compute_init(device_type: str = "", seed: int = 42) -> Compute:
-    """Pick the device, start torch.distributed under torchrun (NCCL on CUDA, gloo on CPU), seed.
+def compute_init(device_type: str | None = None, seed: int = 42, dtype: str | None = None) -> Compute:
+    """Pick the device and precision, start torch.distributed under torchrun (NCCL on CUDA, gloo
+    on CPU), seed. The one place that decides device, dtype and autocast.
 
     Fails with one line when torchrun starts more processes than there are GPUs, instead of
     CUDA's 'invalid device ordinal' deep inside the first allocation.
@@ -187,6 +290,7 @@ def compute_init(device_type: str = "", seed: int = 42) -> Compute:
 
     info = get_dist_info()
     device_type = resolve_device_type(device_type)
+    dtype = resolve_dtype(dtype, device_type)  # a bad --dtype fails before any process group starts
     if device_type == "cuda":
         count = torch.cuda.device_count()
         if info.local_rank >= count:
@@ -216,7 +320,7 @@ def compute_init(device_type: str = "", seed: int = 42) -> Compute:
         np.random.seed(seed)
     except ImportError:  # numpy is a dependency, but seeding must not be the reason a run dies
         pass
-    return Compute(device_type, device, info)
+    return Compute(device_type, device, info, dtype)
 
 
 def compute_cleanup() -> None:

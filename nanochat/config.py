@@ -3,7 +3,8 @@
 Each script declares one dataclass; every field has a default and a trailing `# comment` that
 becomes its help text. `parse_args(Options)` returns a filled instance or exits with one line
 naming the problem: an unknown key lists the valid keys and the closest match, and a few keys
-people carry over from other codebases get a sentence saying what to use instead.
+people carry over from other codebases get a sentence saying what to use instead. A unique prefix
+of a key stands for it, as in argparse (`--out=DIR` for `--out_dir=DIR`).
 
     @dataclass
     class Options:
@@ -171,6 +172,19 @@ def _unknown_key_message(key: str, valid: Sequence[str], extra_hints: Mapping[st
     return "".join(parts)
 
 
+def _expand_prefix(key: str, valid: Sequence[str], extra_hints: Mapping[str, str]) -> str:
+    """The one option that `key` abbreviates (argparse's allow_abbrev: --out for --out_dir), else ConfigError.
+
+    A key with a hint of its own (--lr, --batch_size) gets the hint, never a guess by prefix.
+    """
+    matches = [name for name in valid if name.startswith(key)]
+    if len(matches) == 1 and key not in extra_hints and key not in HINTS:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"--{key} is ambiguous: it could be " + ", ".join(f"--{m}" for m in matches))
+    raise ConfigError(_unknown_key_message(key, list(valid), extra_hints))
+
+
 def format_help(cls: type, prog: str | None = None, description: str | None = None) -> str:
     options = _options(cls)
     lines = []
@@ -217,7 +231,7 @@ def parse(
         else:
             raise ConfigError(f"unexpected argument {arg!r}: options are written --key=value (see --help)")
         if key not in options:
-            raise ConfigError(_unknown_key_message(key, list(options), cls_hints))
+            key = _expand_prefix(key, list(options), cls_hints)
         opt = options[key]
         if raw is None:
             if opt.kind is bool:

@@ -18,7 +18,6 @@ Only rank 0 downloads: run this before training, or call download() on the maste
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
@@ -32,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nanochat.common import get_base_dir, get_dist_info, print0, run_main, write_json_atomic
+from nanochat.common import file_lock, get_base_dir, get_dist_info, print0, run_main, write_json_atomic
 from nanochat.config import format_config, parse_args
 from nanochat.download import USER_AGENT, DownloadError, download_many
 from nanochat.shards import (
@@ -311,21 +310,11 @@ def _unchanged(path: Path, entry: dict | None) -> bool:
     return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
 
 
-@contextlib.contextmanager
 def _exclusive(directory: Path):
     """One writer per data dir: two downloaders appending to the same .part file would corrupt it."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): go on unguarded
-        yield
-        return
-    with open(directory / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DatasetError(f"another nanochat.dataset process is writing {directory}; "
-                               "let it finish (or stop it) and rerun") from None
-        yield
+    return file_lock(directory / ".lock", wait=False, busy_message=(
+        f"another nanochat.dataset process is writing {directory}; let it finish (or stop it) and rerun"),
+        error=DatasetError)
 
 
 # ----------------------------------------------------------------------------- downloading

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from nanochat.common import get_base_dir, get_dist_info, write_json_atomic
+from nanochat.common import atomic_path, get_base_dir, get_dist_info, write_atomic, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ def log_section(name: str, data: Mapping, *, notes: Sequence[str] | None = None)
     stem = _section_stem(out, name)
     record = {"name": name, "time": time.time(), "data": _plain(dict(data)), "notes": [str(n) for n in notes or ()]}
     write_json_atomic(out / f"{stem}.json", record)
-    _write_text_atomic(out / f"{stem}.md", render_section(record))
+    write_atomic(out / f"{stem}.md", render_section(record))
 
 
 def _slug(name: str) -> str:
@@ -210,13 +210,6 @@ def render_section(record: Mapping) -> str:
     if record.get("notes"):
         lines += ["", "Notes:", *(f"- {n}" for n in record["notes"])]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,7 +355,7 @@ def reset() -> Path:
     header = {"started_at": time.time(), "git": git_info(), "hardware": hardware_info(),
               "software": software_info(), "code": code_stats()}
     write_json_atomic(out / "header.json", header)
-    _write_text_atomic(out / "header.md", render_header(header))
+    write_atomic(out / "header.md", render_header(header))
     return out
 
 
@@ -427,9 +420,8 @@ def _draw(path: Path, title: str, lines: list[tuple[str, str, list[int], list[fl
     if len(handles) > 1:
         ax.legend(handles=handles, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def plot_metrics(metrics_path: Path, out_dir: Path, prefix: str) -> list[Path]:
@@ -544,12 +536,12 @@ def generate(*, copy_to_cwd: bool = True) -> Path:
     out = report_dir()
     out.mkdir(parents=True, exist_ok=True)
     plotted, notes = plot_phases(out_dir=out / "plots")
-    path = _write_text_atomic(out / "report.md", build_report(out, plotted, notes))
+    path = write_atomic(out / "report.md", build_report(out, plotted, notes))
     cwd = Path.cwd()
     if copy_to_cwd and cwd.resolve() != out.resolve():
         # the copy links the plots relative to where it lands, so its images still show
         link = Path(os.path.relpath(out / "plots", cwd)).as_posix()
-        _write_text_atomic(cwd / "report.md", build_report(out, plotted, notes, plots_link=link))
+        write_atomic(cwd / "report.md", build_report(out, plotted, notes, plots_link=link))
     return path
 
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from nanochat.common import temp_path
 from nanochat.download import DownloadError, validate_parquet
 
 ROW_GROUP_DOCS = 1024  # documents per row group: the FineWeb-Edu layout, so loaders see one form everywhere
@@ -94,7 +95,7 @@ def write_text_parquet(path: str | os.PathLike, chunks: Iterable) -> int:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     schema = pa.schema([("text", pa.string())])
     pending, held, rows = [], 0, 0
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nanochat.chat_eval import CHATCORE_TASKS
+from nanochat.chat_scoring import CHATCORE_TASKS
 from nanochat.common import get_base_dir, print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args
 from nanochat.report import CHAT_EVAL_SECTIONS, log_section
@@ -141,7 +141,7 @@ def load_tasks(names: list[str]) -> tuple[dict, dict[str, str]]:
 def main(opts: Options) -> dict:
     import time
 
-    from nanochat.chat_eval import (
+    from nanochat.chat_scoring import (
         Progress,
         all_reduce_counts,
         chatcore,

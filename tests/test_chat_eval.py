@@ -1,4 +1,4 @@
-"""nanochat/chat_eval.py and scripts/chat_eval.py: letter scoring with models whose answers are known,
+"""nanochat/chat_scoring.py and scripts/chat_eval.py: letter scoring with models whose answers are known,
 batched = unbatched, pass@k, ChatCORE arithmetic, and the script on a tiny checkpoint with ARC-Easy
 served (real schema) from a local HTTP server and the other datasets missing, as offline."""
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from nanochat.chat_eval import (
+from nanochat.chat_scoring import (
     BASELINES,
     Counts,
     Progress,
@@ -131,7 +131,7 @@ def test_batched_categorical_equals_unbatched_on_a_real_model(tok):
 
 
 def test_problems_are_dealt_over_ranks_and_cut_by_max_problems(tok):
-    assert list(problem_indices(10, -1, 1, 3)) == [1, 4, 7]
+    assert list(problem_indices(10, None, 1, 3)) == [1, 4, 7]
     assert list(problem_indices(10, 5, 0, 2)) == [0, 2, 4]
     task = ListTask([mc(q, g, n) for q, g, n in QUESTIONS], letter_matches)
     model = FavoursLetter(tok, "B")

@@ -56,7 +56,7 @@ def test_logging_rank_prefix_and_quiet_workers(capsys, monkeypatch):
 def test_device_resolution():
     assert common.resolve_device_type("cpu") == "cpu"
     assert common.resolve_device_type("") in ("cpu", "cuda", "mps")
-    with pytest.raises(ValueError, match="must be cuda, mps, cpu"):
+    with pytest.raises(ValueError, match="must be cuda, mps or cpu"):
         common.resolve_device_type("tpu")
     import torch
 
@@ -70,7 +70,7 @@ def test_dtype_resolution():
     assert common.resolve_dtype("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         common.resolve_dtype("bf16", "cpu")
-    with pytest.raises(ValueError, match="must be bf16, fp16, fp32"):
+    with pytest.raises(ValueError, match="must be bf16, fp16 or fp32"):
         common.resolve_dtype("fp8", "cuda")
     assert common.resolve_dtype("fp16", "cuda") == "fp16"
 
@@ -87,3 +87,42 @@ def test_compute_init_single_process_cpu(monkeypatch):
     assert torch.equal(a, torch.rand(3))  # seeded
     with common.autocast("cpu", "fp32"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from nanochat.common import atomic_path, write_atomic, write_json_atomic
+
+    target = tmp_path / "f.json"
+    write_json_atomic(target, {"a": 1})
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == '{\n  "a": 1\n}\n'  # the old file survives a failed write
+    write_atomic(target, b"\x00bytes")
+    assert target.read_bytes() == b"\x00bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]  # no temp file left
+
+
+def test_file_lock_refuses_or_waits(tmp_path):
+    import subprocess
+    import sys
+
+    from nanochat.common import file_lock
+
+    lock = tmp_path / "x.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.readline()",
+                               str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="busy here"):
+            with file_lock(lock, wait=False, busy_message="busy here"):
+                pass
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    with file_lock(lock, wait=False):  # free again once the holder is gone
+        pass

@@ -1,4 +1,4 @@
-"""Scoring a chat model on tasks, and ChatCORE: the library under scripts.chat_eval (and chat_rl).
+"""Scoring a chat model on tasks, and ChatCORE: the library under scripts.chat_eval (and the RL loop).
 
 Categorical tasks (multiple choice) take one forward pass per batch of prompts; the answer is the
 allowed letter with the highest logit where the reply would start. Generative tasks sample replies
@@ -12,14 +12,13 @@ Letters: B rows (prompts), T padded prompt length, V vocab size.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import print0
+from nanochat.common import Throttle, dist_initialized, print0
 
 # ChatCORE's tasks and their chance accuracies: a guess among four choices is right a quarter of
 # the time, a generated answer practically never by chance.
@@ -41,15 +40,15 @@ class Counts:
         return self.correct / self.total if self.total else None
 
 
-def problem_indices(num_examples: int, max_problems: int = -1, rank: int = 0, world_size: int = 1) -> range:
-    """This rank's problems: the first max_problems (-1 = all), dealt round-robin over the ranks."""
-    n = num_examples if max_problems < 0 else min(num_examples, max_problems)
+def problem_indices(num_examples: int, max_problems: int | None = None, rank: int = 0, world_size: int = 1) -> range:
+    """This rank's problems: the first max_problems (None = all), dealt round-robin over the ranks."""
+    n = num_examples if max_problems is None else min(num_examples, max_problems)
     return range(rank, n, world_size)
 
 
 def all_reduce_counts(counts: Counts, device: torch.device | str = "cpu") -> Counts:
     """The counts summed over every rank (unchanged outside torch.distributed). device: cuda under NCCL."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not dist_initialized():
         return counts
     t = torch.tensor([counts.correct, counts.total], dtype=torch.long, device=device)  # (2,)
     dist.all_reduce(t)
@@ -64,15 +63,13 @@ class Progress:
     """
 
     def __init__(self, name: str, total: int, *, every: float = 10.0, log: Callable[[str], None] = print0):
-        self.name, self.total, self.every, self.log = name, total, every, log
-        self.start = self.last = time.perf_counter()
+        self.name, self.total, self.log = name, total, log
+        self.throttle = Throttle(every)
 
     def update(self, counts: Counts) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every:
+        if not self.throttle.ready():
             return
-        self.last = now
-        elapsed = now - self.start
+        elapsed = self.throttle.elapsed
         eta = elapsed / counts.total * (self.total - counts.total) if counts.total else float("nan")
         acc = "n/a" if counts.accuracy is None else f"{counts.accuracy:.4f}"
         self.log(f"{self.name}: {counts.total}/{self.total} | accuracy {acc} "
@@ -121,7 +118,7 @@ def predict_letters(model, tokenizer, conversations: Sequence[dict], autocast=No
             for c, scores in zip(conversations, letter_logits(model, tokenizer, conversations, autocast))]
 
 
-def eval_categorical(model, tokenizer, task, *, batch_size: int = 8, max_problems: int = -1, rank: int = 0,
+def eval_categorical(model, tokenizer, task, *, batch_size: int = 8, max_problems: int | None = None, rank: int = 0,
                      world_size: int = 1, autocast=None, progress: Progress | None = None) -> Counts:
     """This rank's Counts on a multiple-choice task; each predicted letter is scored by task.evaluate."""
     mine = problem_indices(len(task), max_problems, rank, world_size)
@@ -166,7 +163,7 @@ def passes(task, conversation: dict, completions: Sequence[str]) -> bool:
 
 
 def eval_generative(engine, task, *, num_samples: int = 1, max_new_tokens: int = 512,
-                    temperature: float = 0.0, top_k: int | None = 50, max_problems: int = -1, rank: int = 0,
+                    temperature: float = 0.0, top_k: int | None = 50, max_problems: int | None = None, rank: int = 0,
                     world_size: int = 1, seed: int = 42, progress: Progress | None = None) -> Counts:
     """This rank's Counts on a generative task (pass@num_samples)."""
     counts = Counts()
