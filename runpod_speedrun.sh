@@ -49,25 +49,14 @@ else
   # ~100 MB per FineWeb-Edu shard, and d20 checkpoints with optimizer state (~7 GB each, two kept per phase)
   NEED_GB=$((NUM_SHARDS / 10 + 30))
   [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"
-  if [ -z "${DEVICE_BATCH_SIZE:-}" ]; then
-    # d20 at seq 2048 holds 32 rows in ~80 GB; halve per halving of memory (accumulation keeps the batch)
-    if [ "$GPU_MEM_MB" -ge 75000 ]; then DEVICE_BATCH_SIZE=32
-    elif [ "$GPU_MEM_MB" -ge 38000 ]; then DEVICE_BATCH_SIZE=16
-    elif [ "$GPU_MEM_MB" -ge 20000 ]; then DEVICE_BATCH_SIZE=8
-    else DEVICE_BATCH_SIZE=4; fi
-  fi
+  # device batch sized to the GPU memory, the step's arithmetic and the time and cost: nanochat/plan.py
+  PLAN=$(PYTHONPATH="$PWD" python3 -m nanochat.plan --gpus="$NGPU" --gpu_name="$GPU_NAME" --gpu_mem_mb="$GPU_MEM_MB" \
+         --device_batch_size="${DEVICE_BATCH_SIZE:-none}") || die "could not plan the run (python3 -m nanochat.plan failed)"
+  eval "$PLAN"
   export DEVICE_BATCH_SIZE
-  # the reference d20 speedrun: ~4 h on 8 GPUs of H100 class; time scales with 1/GPUs
-  HOURS=$(awk -v n="$NGPU" 'BEGIN {printf "%.1f", 4 * 8 / n}')
-  PRICE=$(awk -v name="$GPU_NAME" 'BEGIN {
-    p = 0; n = tolower(name)
-    if (n ~ /h200/) p = 3.8; else if (n ~ /h100/) p = 3.0; else if (n ~ /a100/) p = 1.6; else if (n ~ /l40s/) p = 1.0
-    print p }')
-  if [ "$PRICE" != 0 ]; then
-    COST=$(awk -v h="$HOURS" -v n="$NGPU" -v p="$PRICE" 'BEGIN {printf "$%.0f", h * n * p}')
-  else
-    COST="unknown for $GPU_NAME"
-  fi
+  HOURS="$PLAN_HOURS"
+  COST="$PLAN_COST"
+  [ "$COST" = unknown ] && COST="unknown for $GPU_NAME"
   echo "plan:    d20 on $NGPU GPU(s), device_batch_size $DEVICE_BATCH_SIZE, ~$HOURS h, ~$COST at on-demand prices" | tee -a "$LOG"
 fi
 echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   auto stop: ${AUTO_STOP:-0}   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"

@@ -62,19 +62,14 @@ if [ "$NGPU" -gt 0 ]; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # one process per GPU: CPU threads would only contend
   LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NGPU")
   # any GPU count: the step stays ~524,288 tokens (and ~32 SFT conversations) by rounding the
-  # gradient accumulation, so 3 or 6 GPUs work as well as 8; DEVICE_BATCH_SIZE lowers memory use
-  DBS="${DEVICE_BATCH_SIZE:-32}"
-  PER_PASS=$((DBS * 2048 * NGPU))
-  ACCUM=$(((524288 + PER_PASS / 2) / PER_PASS)); [ "$ACCUM" -ge 1 ] || ACCUM=1
-  SFT_PER_PASS=$((4 * NGPU))
-  SFT_ACCUM=$(((32 + SFT_PER_PASS / 2) / SFT_PER_PASS)); [ "$SFT_ACCUM" -ge 1 ] || SFT_ACCUM=1
-  BATCH=(--device_batch_size="$DBS" --total_batch_size=$((PER_PASS * ACCUM)))
-  BASE_ARGS=(--depth="$DEPTH" --run="${WANDB_RUN:-dummy}" --save_every=1000 "${BATCH[@]}")
-  LOSS_ARGS=(--device_batch_size="$DBS")
-  MID_ARGS=(--run="${WANDB_RUN:-dummy}" --save_every=500 "${BATCH[@]}")
-  SFT_ARGS=(--run="${WANDB_RUN:-dummy}" --save_every=500 --target_examples_per_step=$((SFT_PER_PASS * SFT_ACCUM)))
-  # RL prompts per step must split evenly over the GPUs
-  RL_ARGS=(--run="${WANDB_RUN:-dummy}" --save_every=60 --examples_per_step=$(((16 + NGPU - 1) / NGPU * NGPU)))
+  # gradient accumulation (nanochat/plan.py); DEVICE_BATCH_SIZE lowers memory use
+  eval "$("$PY" -m nanochat.plan --gpus="$NGPU" --device_batch_size="${DEVICE_BATCH_SIZE:-32}")"
+  BATCH=(--device_batch_size="$DEVICE_BATCH_SIZE" --total_batch_size="$TOTAL_BATCH_SIZE")
+  BASE_ARGS=(--depth="$DEPTH" --run="${WANDB_RUN:-none}" --save_every=1000 "${BATCH[@]}")
+  LOSS_ARGS=(--device_batch_size="$DEVICE_BATCH_SIZE")
+  MID_ARGS=(--run="${WANDB_RUN:-none}" --save_every=500 "${BATCH[@]}")
+  SFT_ARGS=(--run="${WANDB_RUN:-none}" --save_every=500 --target_examples_per_step="$SFT_EXAMPLES_PER_STEP")
+  RL_ARGS=(--run="${WANDB_RUN:-none}" --save_every=60 --examples_per_step="$RL_EXAMPLES_PER_STEP")
   if [ -n "${BASE_STEPS:-}" ]; then BASE_ARGS+=(--num_iterations="$BASE_STEPS"); fi
   if [ -n "${MID_STEPS:-}" ]; then MID_ARGS+=(--num_iterations="$MID_STEPS"); fi
   if [ -n "${SFT_STEPS:-}" ]; then SFT_ARGS+=(--num_iterations="$SFT_STEPS"); fi
@@ -87,29 +82,29 @@ else
   DEPTH="${DEPTH:-4}"; VOCAB_SIZE="${VOCAB_SIZE:-4096}"; SEQ_LEN="${SEQ_LEN:-256}"
   LAUNCH=("$PY")
   # ~2k tokens per step at ~1 step/s on 2 cores: 300 steps is ~5 minutes and clearly lowers bpb
-  BASE_ARGS=(--depth="$DEPTH" --max_seq_len="$SEQ_LEN" --device_batch_size=8 --total_batch_size=-1
+  BASE_ARGS=(--depth="$DEPTH" --max_seq_len="$SEQ_LEN" --device_batch_size=8 --total_batch_size=none
              --num_iterations="${BASE_STEPS:-300}" --eval_every=100 --eval_tokens=65536 --sample_every=300
              --save_every=100 --warmdown_ratio=0.3)
-  LOSS_ARGS=(--device_batch_size=8 --split_tokens=65536)
+  LOSS_ARGS=(--device_batch_size=8 --eval_tokens=65536)
   CHAT_CPU=(--max_seq_len="$SEQ_LEN" --eval_every=50 --eval_batches=20 --save_every=50)
-  MID_ARGS=("${CHAT_CPU[@]}" --device_batch_size=8 --total_batch_size=-1 --num_iterations="${MID_STEPS:-150}")
+  MID_ARGS=("${CHAT_CPU[@]}" --device_batch_size=8 --total_batch_size=none --num_iterations="${MID_STEPS:-150}")
   # a small model trained for minutes needs more than SFT's usual 2% of the base learning rates to move
   SFT_ARGS=("${CHAT_CPU[@]}" --device_batch_size=4 --target_examples_per_step=8 --num_iterations="${SFT_STEPS:-100}"
             --init_lr_frac=0.1)
   RL_ARGS=(--max_seq_len="$SEQ_LEN" --examples_per_step=4 --num_samples=4 --max_new_tokens=64
-           --num_iterations="${RL_STEPS:-30}" --eval_every=15 --eval_examples="${EVAL_PROBLEMS:-20}" --save_every=15)
+           --num_iterations="${RL_STEPS:-30}" --eval_every=15 --max_problems="${EVAL_PROBLEMS:-20}" --save_every=15)
   EVAL_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --max_new_tokens=128)
-  CORE_ARGS=(--max_per_task="${EVAL_PROBLEMS:-20}" --batch_size=8)
+  CORE_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --device_batch_size=8)
   echo "CPU run: no GPU found; a small configuration that finishes in minutes"
 fi
-if [ "$ONLINE" = 1 ]; then SOURCE=fineweb-edu; CHAT_DATA=(); else SOURCE=embedded; CHAT_DATA=(--offline); fi
+if [ "$ONLINE" = 1 ]; then CORPUS=fineweb-edu; CHAT_DATA=(); else CORPUS=embedded; CHAT_DATA=(--offline); fi
 # the chat phases on CPU use the offline mixtures: a few hundred steps would not get far into SmolTalk
 [ "$NGPU" -eq 0 ] && CHAT_DATA=(--offline)
 
 run_stage report-reset "$PY" -m nanochat.report reset
 
 data() {
-  if [ "$SOURCE" = fineweb-edu ]; then
+  if [ "$CORPUS" = fineweb-edu ]; then
     # 8 shards (~2B chars) for the tokenizer now; d20 needs ~240, fetched while the tokenizer trains
     "$PY" -m nanochat.dataset -n 8
     if [ "$NGPU" -gt 0 ]; then
@@ -119,14 +114,14 @@ data() {
     if [ "${#CHAT_DATA[@]}" -eq 0 ]; then "$PY" -m tasks.sources --dataset=all; fi
   else
     echo "offline: building the embedded corpus from the local Python install"
-    "$PY" -m nanochat.dataset --source=embedded
+    "$PY" -m nanochat.dataset --corpus=embedded
   fi
 }
 run_stage data data
 
-TOK_SOURCE="$SOURCE"
-[ "$SOURCE" = fineweb-edu ] && TOK_SOURCE="$NANOCHAT_BASE_DIR/base_data"
-run_stage tokenizer "$PY" -m scripts.tok_train --vocab_size="$VOCAB_SIZE" --source="$TOK_SOURCE"
+TOK_CORPUS="$CORPUS"
+[ "$CORPUS" = fineweb-edu ] && TOK_CORPUS="$NANOCHAT_BASE_DIR/base_data"
+run_stage tokenizer "$PY" -m scripts.tok_train --vocab_size="$VOCAB_SIZE" --corpus="$TOK_CORPUS"
 run_stage tokenizer-eval "$PY" -m scripts.tok_eval
 
 shards() {
@@ -135,12 +130,12 @@ shards() {
     echo "waiting for the shard download (log: $NANOCHAT_BASE_DIR/download.log)"
     while kill -0 "$(cat "$STAGES/download.pid")" 2>/dev/null; do sleep 5; done
   fi
-  if [ "$SOURCE" = fineweb-edu ] && [ "$NGPU" -gt 0 ]; then "$PY" -m nanochat.dataset -n "${NUM_SHARDS:-240}"; fi
+  if [ "$CORPUS" = fineweb-edu ] && [ "$NGPU" -gt 0 ]; then "$PY" -m nanochat.dataset -n "${NUM_SHARDS:-240}"; fi
   rm -f "$STAGES/download.pid"
 }
 run_stage shards shards
-run_stage base-train "${LAUNCH[@]}" -m scripts.base_train --source="$SOURCE" --resume=auto "${BASE_ARGS[@]}"
-run_stage base-loss "${LAUNCH[@]}" -m scripts.base_loss --source="$SOURCE" "${LOSS_ARGS[@]}"
+run_stage base-train "${LAUNCH[@]}" -m scripts.base_train --corpus="$CORPUS" --resume=auto "${BASE_ARGS[@]}"
+run_stage base-loss "${LAUNCH[@]}" -m scripts.base_loss --corpus="$CORPUS" "${LOSS_ARGS[@]}"
 base_eval() {
   if [ "$ONLINE" = 1 ] || [ -f "$NANOCHAT_BASE_DIR/eval_bundle/core.yaml" ]; then
     "${LAUNCH[@]}" -m scripts.base_eval "${CORE_ARGS[@]}"

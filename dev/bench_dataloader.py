@@ -34,7 +34,7 @@ from nanochat.config import format_config, parse_args  # noqa: E402
 from nanochat.dataloader import TokenLoader  # noqa: E402
 from nanochat.tokenizer import SPLIT_PATTERN, Tokenizer  # noqa: E402
 
-H100_D20_TOKENS_PER_S = 135_000  # ANCHORS: d20 on 8xH100 runs 1.07-1.09M tokens/s, ~135k per GPU
+H100_D20_TOKENS_PER_S = 135_000  # karpathy/nanochat's d20 speedrun log: 1.07-1.09M tokens/s on 8xH100, ~135k per GPU
 SHAPES = ((8, 1024), (32, 2048))
 
 
@@ -42,7 +42,7 @@ SHAPES = ((8, 1024), (32, 2048))
 class Options:
     mb: float = 20.0  # megabytes of text to generate
     seconds: float = 10.0  # timed run per tokenizer and batch shape
-    threads: int = 0  # tokenizer threads (0 = the loader's default: all cores, at most 8)
+    threads: int | None = None  # tokenizer threads (None = the loader's default: all cores, at most 8)
     buffer_docs: int = 64  # the loader's best-fit buffer
     vocab_size: int = 4096  # of the tokenizer trained here when $NANOCHAT_BASE_DIR/tokenizer has none
 
@@ -73,7 +73,7 @@ def realistic_tokenizer(docs: list[str], vocab_size: int) -> tuple[Tokenizer, st
 
 
 def measure(paths, tok, B, T, opts) -> dict:
-    threads = opts.threads or None
+    threads = opts.threads
     with TokenLoader(paths, tok, B, T, rank=0, world_size=1, buffer_docs=opts.buffer_docs,
                      tokenizer_threads=threads) as loader:
         next(loader)  # warm-up: the first fill of the buffer and the queue

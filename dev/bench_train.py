@@ -6,7 +6,7 @@
 Times full optimizer steps (forward, chunked loss, backward, Muon + AdamW) on random tokens after
 warm-up steps, in one process per configuration. The reference nanochat cannot be installed here
 (no network beyond PyPI), so its published figures for the same machine kind are printed beside
-ours (ANCHORS: depth 4, seq 512: 441 tokens/s at batch 1, 655 at batch 4, vocab 65536).
+ours (karpathy/nanochat measured on 2 CPU cores: depth 4, seq 512: 441 tokens/s at batch 1, 655 at batch 4, vocab 65536).
 On CUDA it uses bf16 autocast and reports MFU where the GPU's peak is known.
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE_CPU = {(1, 65536): 441, (4, 65536): 655}  # tokens/s, depth 4, seq 512, 2 cores (ANCHORS)
+REFERENCE_CPU = {(1, 65536): 441, (4, 65536): 655}  # tokens/s, depth 4, seq 512, 2 cores (karpathy/nanochat Dec 2025, measured)
 
 
 def measure(depth: int, seq: int, batch: int, vocab: int, steps: int, warmup: int, compile_model: bool) -> dict:

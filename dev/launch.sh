@@ -396,7 +396,7 @@ cmd_launch() {
   [ "$gpus" -gt 0 ] || defaults+=(--device_type=cpu)
   if [ "$mode" = test ]; then
     defaults+=(--num_iterations=10 --eval_every=5 --eval_tokens=65536 --eval_batches=2 --sample_every=10
-               --split_tokens=65536 --max_per_task=16 --max_problems=16)
+               --eval_tokens=65536 --max_problems=16 --max_problems=16)
   else
     defaults+=(--resume=auto)
   fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up the environment and run every check CI runs: Rust unit tests, ruff, the pytest suite.
+# Set up the environment and run every check CI runs: Rust unit tests, ruff, the whole pytest suite.
 # Usage (from anywhere): bash dev/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,5 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 (cd rustbpe && cargo test --quiet)
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+# every test, the slow end-to-end runs included (a plain `pytest` skips those)
+.venv/bin/python -m pytest -m "slow or not slow" "$@"

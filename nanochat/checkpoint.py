@@ -624,3 +624,17 @@ def load_model(phase_or_dir: PathLike, step: int | None = None, *, tag: str | No
     model.load_state_dict(saved.model_state)
     model.eval()
     return model, saved.meta
+
+
+def load_model_and_tokenizer(phase_or_dir: PathLike, step: int | None = None, *, tag: str | None = None,
+                             device: str | torch.device = "cpu"):
+    """(model, tokenizer, meta) of a checkpoint and the tokenizer in the base dir, checked to belong
+    together: the one place that catches a tokenizer retrained after the model was trained."""
+    from nanochat.tokenizer import Tokenizer
+
+    model, meta = load_model(phase_or_dir, step, tag=tag, device=device)
+    tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
+    if model.config.vocab_size != tokenizer.n_vocab:
+        raise ValueError(f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the tokenizer's "
+                         f"({tokenizer.n_vocab}): was the tokenizer retrained after this model?")
+    return model, tokenizer, meta

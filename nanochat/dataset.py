@@ -1,10 +1,10 @@
 """Pretraining corpora: a registry of text sources, verified shard downloads, and the embedded corpus.
 
     python -m nanochat.dataset -n 8                    # FineWeb-Edu shards 0-7 + the validation shard
-    python -m nanochat.dataset --source=ko -n 8        # FineWeb-2 Korean (Arrow, converted to parquet)
-    python -m nanochat.dataset --source=embedded       # offline: shards built from the local Python install
-    python -m nanochat.dataset --source=/data/shards   # a local folder of .parquet or .arrow files
-    python -m nanochat.dataset --source='https://host/x/shard_{index:05d}.parquet' --num_total_shards=100 -n 8
+    python -m nanochat.dataset --corpus=ko -n 8        # FineWeb-2 Korean (Arrow, converted to parquet)
+    python -m nanochat.dataset --corpus=embedded       # offline: shards built from the local Python install
+    python -m nanochat.dataset --corpus=/data/shards   # a local folder of .parquet or .arrow files
+    python -m nanochat.dataset --corpus='https://host/x/shard_{index:05d}.parquet' --num_total_shards=100 -n 8
 
 A data dir ($NANOCHAT_BASE_DIR/base_data for English, base_data_ko for Korean, base_data_<name>
 otherwise) holds `shard_NNNNN.parquet` files with one `text` column and a `manifest.json` (source,
@@ -105,9 +105,9 @@ class DataSource:
     def command(self) -> str:
         """The command line that fills this source's data dir (without -n)."""
         if self.kind in ("hf", "embedded"):
-            return "python -m nanochat.dataset" + ("" if self.name == DEFAULT_SOURCE else f" --source={self.name}")
+            return "python -m nanochat.dataset" + ("" if self.name == DEFAULT_SOURCE else f" --corpus={self.name}")
         extra = f" --num_total_shards={self.num_total_shards}" if self.kind == "url" else ""
-        return f"python -m nanochat.dataset --source={shlex.quote(self.origin)} --name={self.name}{extra}"
+        return f"python -m nanochat.dataset --corpus={shlex.quote(self.origin)} --name={self.name}{extra}"
 
 
 SOURCES: dict[str, DataSource] = {
@@ -146,7 +146,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "custom"
 
 
-def resolve_source(spec: str | DataSource, *, name: str = "", num_total_shards: int = 0) -> DataSource:
+def resolve_source(spec: str | DataSource, *, name: str | None = None, num_total_shards: int | None = None) -> DataSource:
     """A registry name or alias, a folder of .parquet / .arrow files, or a URL / path template with {index}.
 
     name: data dir suffix for a folder or template (default: derived from it).
@@ -171,14 +171,14 @@ def resolve_source(spec: str | DataSource, *, name: str = "", num_total_shards: 
                        "or a URL template such as 'https://host/x/shard_{index:05d}.parquet' with --num_total_shards")
 
 
-def _template_source(spec: str, name: str, total: int) -> DataSource:
+def _template_source(spec: str, name: str | None, total: int | None) -> DataSource:
     try:
         first, second = spec.format(index=0), spec.format(index=1)
     except (KeyError, IndexError, ValueError, AttributeError) as e:
         raise DatasetError(f"bad URL template {spec!r} ({e!r}): the only field is {{index}}, e.g. {{index:05d}}") from None
     if first == second:
         raise DatasetError(f"URL template {spec!r} gives the same URL for every shard")
-    if total < 2:
+    if total is None or total < 2:
         raise DatasetError("a URL template needs --num_total_shards=N (N >= 2; shard N-1 is the validation shard)")
     parsed = urllib.parse.urlsplit(first)
     suffix = Path(parsed.path if parsed.scheme in ("http", "https", "file") else first).suffix.lower()
@@ -193,7 +193,7 @@ def _template_source(spec: str, name: str, total: int) -> DataSource:
     return DataSource(_slug(name), "url", f"URL template {spec}", total, template=spec, file_format=suffix[1:])
 
 
-def _folder_source(folder: Path, name: str) -> DataSource:
+def _folder_source(folder: Path, name: str | None) -> DataSource:
     for suffix in ("parquet", "arrow"):
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob(f"*.{suffix}") if p.is_file())
         if files:
@@ -320,10 +320,10 @@ def _exclusive(directory: Path):
 # ----------------------------------------------------------------------------- downloading
 
 
-def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int = -1, *, workers: int = 4,
+def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int | None = None, *, workers: int = 4,
              verify: bool = False, retries: int = 5, endpoint: str | None = None,
-             max_chars: int = 0, shard_chars: int = SHARD_CHARS) -> list[Path]:
-    """Fetch the first `num_shards` training shards (-1 = all, 0 = none) and the validation shard.
+             max_chars: int | None = None, shard_chars: int = SHARD_CHARS) -> list[Path]:
+    """Fetch the first `num_shards` training shards (None = all, 0 = none) and the validation shard.
 
     Returns the shard paths, training first, validation last. Shards already complete are skipped;
     every new file is verified (size and sha256 when known, parquet footer or full Arrow read, no
@@ -337,8 +337,8 @@ def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int = -1, *,
     if not get_dist_info().is_master:
         raise DatasetError("only rank 0 downloads data: run python -m nanochat.dataset before launching, "
                            "or call download() on the master process only")
-    if num_shards < -1:
-        raise DatasetError(f"-n/--num_shards must be -1 (all) or >= 0, got {num_shards}")
+    if num_shards is not None and num_shards < 0:
+        raise DatasetError(f"-n/--num_shards must be >= 0 (or none for all), got {num_shards}")
     if workers < 1:
         raise DatasetError(f"--workers must be >= 1, got {workers}")
     src = resolve_source(source)
@@ -350,10 +350,10 @@ def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int = -1, *,
         return _fetch(src, out, num_shards, workers, verify, retries, endpoint or hf_endpoint())
 
 
-def _fetch(src: DataSource, out: Path, num_shards: int, workers: int, verify: bool, retries: int,
+def _fetch(src: DataSource, out: Path, num_shards: int | None, workers: int, verify: bool, retries: int,
            endpoint: str) -> list[Path]:
-    n_train = src.val_index if num_shards < 0 else min(num_shards, src.val_index)
-    if num_shards > src.val_index:
+    n_train = src.val_index if num_shards is None else min(num_shards, src.val_index)
+    if num_shards is not None and num_shards > src.val_index:
         print0(f"note: {src.name} has only {src.val_index} training shards; fetching all of them")
     indices = [*range(n_train), src.val_index]
     manifest = _new_manifest(src, out, "unknown")
@@ -448,7 +448,7 @@ def _embedded_documents(name: str) -> tuple[list[str], list[str], dict]:
                                          "sources": corpus.sources}
     docs = embedded_corpus.korean_documents()
     if not docs:
-        raise DatasetError("--source=embedded-ko needs the Korean texts shipped in the konlpy wheel: "
+        raise DatasetError("--corpus=embedded-ko needs the Korean texts shipped in the konlpy wheel: "
                            "uv pip install konlpy (Java is not needed)")
     # a fixed tenth of the documents, chosen by content hash, so the split never depends on file order
     ranked = sorted(range(len(docs)), key=lambda i: hashlib.sha256(docs[i].encode()).digest())
@@ -465,7 +465,7 @@ def _embedded_documents(name: str) -> tuple[list[str], list[str], dict]:
             [d for i, d in enumerate(docs) if i in val_ids], provenance)
 
 
-def _group_documents(docs: Iterable[str], max_chars: int, shard_chars: int) -> list[list[str]]:
+def _group_documents(docs: Iterable[str], max_chars: int | None, shard_chars: int) -> list[list[str]]:
     """Consecutive documents in shards of about shard_chars characters; max_chars caps the total."""
     shards, current, size, total = [], [], 0, 0
     for doc in docs:
@@ -484,11 +484,12 @@ def _group_documents(docs: Iterable[str], max_chars: int, shard_chars: int) -> l
     return shards
 
 
-def _build_embedded(src: DataSource, out: Path, num_shards: int, max_chars: int, shard_chars: int) -> list[Path]:
+def _build_embedded(src: DataSource, out: Path, num_shards: int | None, max_chars: int | None,
+                    shard_chars: int) -> list[Path]:
     """Write the embedded corpus as shards. The validation shard's index follows the whole corpus,
     not -n, and the data dir ends up holding exactly this run's shards (stale ones are removed)."""
-    if shard_chars < 1 or max_chars < 0:
-        raise DatasetError(f"--shard_chars must be >= 1 and --max_chars >= 0, got {shard_chars}, {max_chars}")
+    if shard_chars < 1 or (max_chars is not None and max_chars < 1):
+        raise DatasetError(f"--shard_chars and --max_chars must be >= 1, got {shard_chars}, {max_chars}")
     train, val, provenance = _embedded_documents(src.name)
     groups = _group_documents(train, max_chars, shard_chars)
     val = [d for d in val if d and d.strip()]
@@ -539,12 +540,12 @@ def fetch_command(data_dir: str | os.PathLike | None = None) -> str:
     directory, src = _locate(data_dir)
     if src is not None:
         if src.name == DEFAULT_SOURCE:
-            return f"{src.command()} -n 8 (offline: {src.command()} --source=embedded)"
+            return f"{src.command()} -n 8 (offline: {src.command()} --corpus=embedded)"
         return src.command() + ("" if src.kind == "embedded" else " -n 8")
     manifest = read_manifest(directory)
     if manifest and manifest.get("command"):
         return f"{manifest['command']} -n 8"
-    return ("python -m nanochat.dataset --source=FOLDER_OR_URL_TEMPLATE -n 8, or put .parquet shards with a "
+    return ("python -m nanochat.dataset --corpus=FOLDER_OR_URL_TEMPLATE -n 8, or put .parquet shards with a "
             "text column there (the last in sorted order is the validation shard)")
 
 
@@ -579,30 +580,30 @@ def list_shards(split: str, data_dir: str | os.PathLike | None = None) -> list[P
 
 @dataclass
 class Options:
-    source: str = DEFAULT_SOURCE  # fineweb-edu | ko | embedded | embedded-ko | a folder | a URL template with {index}
-    num_shards: int = -1  # training shards to fetch, from the first (-1 = all, 0 = only validation); alias -n
+    corpus: str = DEFAULT_SOURCE  # fineweb-edu | ko | embedded | embedded-ko | a folder | a URL template with {index}
+    num_shards: int | None = None  # training shards to fetch, from the first (None = all, 0 = only validation); alias -n
     workers: int = 4  # parallel downloads (and Arrow conversions)
-    num_total_shards: int = 0  # shards in a URL-template corpus (required there); the last one is validation
-    name: str = ""  # data dir of a folder / URL source: base_data_<name> ('' = derived from the source)
+    num_total_shards: int | None = None  # shards in a URL-template corpus (required there); the last one is validation
+    name: str | None = None  # data dir of a folder / URL corpus: base_data_<name> (None = derived from the corpus)
     verify: bool = False  # re-hash shards already present instead of trusting their recorded size and mtime
     retries: int = 5  # extra attempts per file after a network error or a bad file
-    max_chars: int = 0  # embedded sources: characters of training text to keep (0 = all)
-    shard_chars: int = SHARD_CHARS  # embedded sources: characters of text per shard
+    max_chars: int | None = None  # embedded corpora: characters of training text to keep (None = all)
+    shard_chars: int = SHARD_CHARS  # embedded corpora: characters of text per shard
 
     def __post_init__(self):
-        if self.num_shards < -1:
-            raise ValueError(f"--num_shards must be -1 (all) or >= 0, got {self.num_shards}")
+        if self.num_shards is not None and self.num_shards < 0:
+            raise ValueError(f"--num_shards must be >= 0 (or none for all), got {self.num_shards}")
         if self.workers < 1 or self.retries < 0:
             raise ValueError(f"--workers must be >= 1 and --retries >= 0, got {self.workers}, {self.retries}")
-        if self.shard_chars < 1 or self.max_chars < 0:
-            raise ValueError(f"--shard_chars must be >= 1 and --max_chars >= 0, got {self.shard_chars}, {self.max_chars}")
+        if self.shard_chars < 1 or (self.max_chars is not None and self.max_chars < 1):
+            raise ValueError(f"--shard_chars and --max_chars must be >= 1, got {self.shard_chars}, {self.max_chars}")
 
 
 def main(opts: Options) -> list[Path]:
     if not get_dist_info().is_master:
         return []  # launched under torchrun: rank 0 alone fetches; see the module docstring
     print0(format_config(opts))
-    src = resolve_source(opts.source, name=opts.name, num_total_shards=opts.num_total_shards)
+    src = resolve_source(opts.corpus, name=opts.name, num_total_shards=opts.num_total_shards)
     paths = download(src, opts.num_shards, workers=opts.workers, verify=opts.verify, retries=opts.retries,
                      max_chars=opts.max_chars, shard_chars=opts.shard_chars)
     size = sum(p.stat().st_size for p in paths)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nanochat import calculator
+from nanochat.common import autocast, torch_dtype
 from nanochat.kv_cache import KVCache
 
 # prompts whose right continuation a base model learns early: printed as progress samples
@@ -98,9 +99,14 @@ class Engine:
     """Generates from one model and its tokenizer; holds no per-request state, so one Engine serves
     many requests (each generate call builds its own cache and generator)."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, dtype: str | None = None):
+        """dtype: the compute precision (None = common.resolve_dtype's choice for the model's device:
+        bf16 autocast on CUDA, the weights' own dtype elsewhere)."""
+        from nanochat.common import resolve_dtype
+
         self.model = model
         self.tokenizer = tokenizer
+        self.dtype = resolve_dtype(dtype, next(model.parameters()).device.type)
         special = tokenizer.encode_special
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
@@ -170,12 +176,9 @@ class Engine:
             return
         model, cfg = self.model, self.model.config
         device = next(model.parameters()).device
-        dtype = torch.bfloat16 if device.type == "cuda" else next(model.parameters()).dtype
-        amp = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-            if device.type == "cuda"
-            else contextlib.nullcontext()
-        )
+        # the cache holds what attention computes in: the autocast dtype, else the weights' dtype
+        dtype = next(model.parameters()).dtype if self.dtype == "fp32" else torch_dtype(self.dtype)
+        amp = autocast(device.type, self.dtype)
         generator = torch.Generator(device=device).manual_seed(seed)
 
         def cache(batch_size: int) -> KVCache:
@@ -222,20 +225,18 @@ class Engine:
 
 
 def load_engine(source: str = "sft", *, model_tag: str | None = None, step: int | None = None,
-                device: str | torch.device | None = None) -> Engine:
+                device: str | torch.device | None = None, dtype: str | None = None) -> Engine:
     """The Engine of a saved checkpoint: source is a phase (base, mid, sft, rl) or a directory.
 
-    A missing checkpoint raises checkpoint's FileNotFoundError, which names the script to run.
+    device None = common.resolve_device_type's choice (CUDA, then MPS, then CPU). A missing
+    checkpoint raises checkpoint's FileNotFoundError, which names the script to run.
     """
-    from nanochat.checkpoint import load_model
-    from nanochat.common import get_base_dir
-    from nanochat.tokenizer import Tokenizer
+    from nanochat.checkpoint import load_model_and_tokenizer
+    from nanochat.common import resolve_device_type
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _meta = load_model(source, step, tag=model_tag, device=device)
-    tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
-    return Engine(model, tokenizer)
+    model, tokenizer, _meta = load_model_and_tokenizer(source, step, tag=model_tag,
+                                                       device=device or resolve_device_type(None))
+    return Engine(model, tokenizer, dtype=dtype)
 
 
 def greedy_continuation(model, tokenizer, prompt: str, max_new_tokens: int, autocast=None) -> str:

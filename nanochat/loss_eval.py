@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from nanochat.common import dist_initialized
+
 
 def _sum_over_batches(model, batches: Iterator, steps: int, autocast, weigh) -> tuple[float, int]:
     """(sum of weighed nats, sum of counts) over up to `steps` batches, summed over all ranks.
@@ -40,7 +42,7 @@ def _sum_over_batches(model, batches: Iterator, steps: int, autocast, weigh) -> 
             totals[1] += count
     finally:
         model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
+    if dist_initialized():
         if totals is None:  # this rank got no batch: it must still take part in the collective
             totals = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
         dist.all_reduce(totals)

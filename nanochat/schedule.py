@@ -1,7 +1,7 @@
 """Learning-rate and momentum schedules as pure functions of the step, so resume needs only the step.
 
 Pretraining: optional linear warmup, a flat stretch, then a linear warmdown to final_lr_frac over
-the last warmdown_ratio of the run (ANCHORS: no warmup, decay to 0 over the last 20%).
+the last warmdown_ratio of the run (karpathy/nanochat's base_train: no warmup, decay to 0 over the last 20%).
 Chat phases use the same function with their own ratios: it holds, then decays; it never rises
 after the warmup, which is tested because a wrong sign here once went unnoticed in the reference.
 """
@@ -53,7 +53,7 @@ def hold_then_decay(progress: float, *, warmdown_ratio: float = 0.2, final_lr_fr
 
 
 def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
-    """Muon momentum warmed linearly from `start` to `end` over the first warmup_steps (ANCHORS)."""
+    """Muon momentum warmed linearly from `start` to `end` over the first warmup_steps (karpathy/nanochat's base_train: 0.85 -> 0.95 over 300 steps)."""
     if warmup_steps <= 0:
         return end
     frac = min(step / warmup_steps, 1.0)

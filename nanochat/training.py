@@ -1,6 +1,19 @@
-"""The mechanics every training phase shares (base_train, mid_train, chat_sft): the loop's own
-counters, resume from and save to the phase's checkpoints, one optimizer step, a clean stop on
-SIGTERM at a step boundary, and the out-of-memory message. The phases differ in data and horizon.
+"""What every training phase shares: the options they all read, the loop's own counters, resume
+and save, one optimizer step, a clean stop on SIGTERM, and the run's skeleton (`Run`).
+
+The loops themselves sit side by side in train_base.py (pretraining), train_chat.py (midtraining
+and SFT) and train_rl.py (RL); each reads top to bottom and calls these pieces in the same order:
+
+    compute = begin(opts)                              # device, dtype, distributed, run header
+    run = start_run(opts, compute, phase, model, ...)  # optimizers, compile, resume, stop, run log
+    while True:
+        stopping = run.stop.requested(compute.device)  # loop head: evaluate, then save / end
+        ...
+        if run.boundary(step, last=last, stopping=stopping): break
+        ...forward/backward...                         # the phase's own step
+        grad_norm = run.optimizer_step(lrm, momentum)  # step tail
+        run.end_step(step, loss, dt, ...)
+    run.finish(section, data)                          # summary, report section, cleanup, exit 143
 """
 
 from __future__ import annotations
@@ -9,14 +22,63 @@ import dataclasses
 import math
 import signal
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 
 from nanochat import checkpoint as ckpt
-from nanochat.common import print0
+from nanochat.common import Compute, DeviceType, DType, compute_init, dist_initialized, print0
+from nanochat.config import format_config, to_dict
+
+
+@dataclass
+class TrainOptions:
+    """The options every training phase reads; each phase's options add their own."""
+
+    # batch and horizon
+    device_batch_size: int = 32  # sequences per forward pass per device; lower it on out-of-memory
+    num_iterations: int | None = None  # optimizer steps (None = the phase's own horizon, see its options)
+    # optimization (learning rates of the base run; later phases scale them by init_lr_frac)
+    embedding_lr: float = 0.2  # AdamW lr of the token embedding (scaled by (width/768)^-0.5)
+    unembedding_lr: float = 0.004  # AdamW lr of the lm_head (scaled like the embedding)
+    matrix_lr: float = 0.02  # Muon lr of the block matrices
+    scalar_lr: float = 0.5  # AdamW lr of scalar parameters, if the model has any
+    weight_decay: float = 0.0  # decoupled weight decay
+    warmdown_ratio: float = 0.2  # fraction of the run over which the LR decays linearly at the end
+    final_lr_frac: float = 0.0  # LR at the end as a fraction of the initial LR
+    grad_clip: float | None = None  # clip the global grad norm to this (None = no clipping)
+    # compute
+    device_type: DeviceType | None = None  # None = autodetect (cuda, then mps, then cpu)
+    dtype: DType | None = None  # None = bf16 on CUDA, fp32 elsewhere
+    compile: bool | None = None  # torch.compile the model (None = on for CUDA, off elsewhere)
+    seed: int = 42  # seeds model init, data order and every RNG
+    # evaluation, checkpoints, logging
+    eval_every: int | None = 250  # steps between validations, and one at the end (None = never)
+    save_every: int | None = None  # steps between checkpoints (None = only the final one)
+    keep_last: int | None = 2  # checkpoints kept, older ones deleted (None = keep all)
+    resume: Literal["auto"] | int | None = None  # None = start fresh, auto = this phase's latest checkpoint, or a step
+    model_tag: str | None = None  # checkpoint folder name (None = the phase's default)
+    run: str | None = None  # wandb run name (None or 'dummy' = no wandb)
+    stop_after: int | None = None  # exit right after this step's checkpoint, as a crash would (for resume tests)
+
+    def __post_init__(self):
+        for name in ("device_batch_size", "num_iterations", "eval_every", "save_every", "keep_last"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1 (or none), got {value}")
+        if isinstance(self.resume, int) and self.resume < 0:
+            raise ValueError(f"--resume must be auto, a step number or none, got {self.resume}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"--grad_clip must be > 0 (or none for no clipping), got {self.grad_clip}")
+
+
+def due(every: int | None, step: int, last: bool) -> bool:
+    """Whether a periodic action (evaluation, samples) runs at this step: every N steps and at the end."""
+    return every is not None and (last or step % every == 0)
 
 
 @dataclass
@@ -61,18 +123,18 @@ class StopRequest:
         self.signalled = True
 
     def requested(self, device: torch.device) -> bool:
-        if not (dist.is_available() and dist.is_initialized()):
+        if not dist_initialized():
             return self.signalled
         flag = torch.tensor(int(self.signalled), device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
 
-def checkpoint_boundary(step: int, *, last: bool, stopping: bool, save_every: int, stop_after: int, save,
-                        also: bool = False) -> bool:
+def checkpoint_boundary(step: int, *, last: bool, stopping: bool, save_every: int | None, stop_after: int | None,
+                        save, also: bool = False) -> bool:
     """At the top of a step: save where the run asks for a checkpoint (the last step, a stop signal,
     every save_every steps, `also`); True when the loop must end here (last, stopped, --stop_after)."""
-    if last or stopping or also or (save_every > 0 and step % save_every == 0 and step > 0):
+    if last or stopping or also or (save_every is not None and step % save_every == 0 and step > 0):
         save(step)
         if stopping:
             print0(f"stopped by signal: saved checkpoint step {step}")
@@ -83,18 +145,22 @@ def checkpoint_boundary(step: int, *, last: bool, stopping: bool, save_every: in
     return last
 
 
-def global_mean(value: torch.Tensor) -> torch.Tensor:
-    """The mean of a scalar over all ranks (the loss to log, not rank 0's share)."""
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """A tensor summed over all ranks (a copy; the tensor itself unchanged outside torch.distributed)."""
+    value = value.clone()
+    if dist_initialized():
         dist.all_reduce(value)
-        value /= dist.get_world_size()
     return value
 
 
-def maybe_compile(model: torch.nn.Module, choice: str, device_type: str, dynamic: bool | None = False):
+def global_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all ranks (the loss to log, not rank 0's share)."""
+    return global_sum(value) / (dist.get_world_size() if dist_initialized() else 1)
+
+
+def maybe_compile(model: torch.nn.Module, choice: bool | None, device_type: str, dynamic: bool | None = False):
     """The module to call in the loop; `model` itself stays uncompiled so its state_dict saves plainly."""
-    if choice == "true" or (choice == "auto" and device_type == "cuda"):
+    if choice or (choice is None and device_type == "cuda"):
         return torch.compile(model, dynamic=dynamic)
     return model
 
@@ -109,7 +175,7 @@ def check_finite(loss: float, step: int) -> None:
         raise ValueError(f"training loss became {loss} at step {step}: lower the learning rates or use bf16/fp32")
 
 
-def optimizer_step(model, optimizers, scaler, *, grad_clip: float, lr_multiplier: float,
+def optimizer_step(model, optimizers, scaler, *, grad_clip: float | None, lr_multiplier: float,
                    muon_momentum: float) -> torch.Tensor:
     """Unscale (fp16), measure and optionally clip the grad norm, set the schedule, step, zero grads.
 
@@ -122,7 +188,7 @@ def optimizer_step(model, optimizers, scaler, *, grad_clip: float, lr_multiplier
         for opt in optimizers:
             scaler.unscale_(opt)
     # max_norm=inf measures without clipping: one code path for both cases
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
     set_lr_multiplier(optimizers, lr_multiplier)
     set_muon_momentum(optimizers, muon_momentum)
     for opt in optimizers:
@@ -136,8 +202,8 @@ def optimizer_step(model, optimizers, scaler, *, grad_clip: float, lr_multiplier
     return grad_norm
 
 
-def resume_training(ckpt_dir: Path, resume: str, *, model, optimizers, loader, scaler, model_config: dict,
-                    world_size: int, num_iterations: int | None) -> tuple[LoopState, int | None]:
+def resume_training(ckpt_dir: Path, resume: str | int | None, *, model, optimizers, loader, scaler,
+                    model_config: dict, world_size: int, num_iterations: int | None) -> tuple[LoopState, int | None]:
     """Restore a run from its own latest (or chosen) checkpoint; (fresh state, None) when there is none.
 
     Exact when the world size matches: model, optimizers, loader position, loop counters, RNG.
@@ -172,7 +238,7 @@ def resume_training(ckpt_dir: Path, resume: str, *, model, optimizers, loader, s
 
 
 def save_training(ckpt_dir: Path, step: int, *, model, optimizers, loader, scaler, loop: LoopState,
-                  model_config: dict, options: dict, num_iterations: int | None, keep_last: int,
+                  model_config: dict, options: dict, num_iterations: int | None, keep_last: int | None,
                   extra_meta: dict | None = None) -> None:
     """A complete, atomically installed checkpoint of the run (see nanochat/checkpoint.py), then prune."""
     meta = {"model_config": model_config, "options": options, "num_iterations": num_iterations,
@@ -181,6 +247,116 @@ def save_training(ckpt_dir: Path, step: int, *, model, optimizers, loader, scale
     ckpt.save_checkpoint(ckpt_dir, step, model_state=model.state_dict(),
                          optimizer_states=[o.state_dict() for o in optimizers], meta=meta,
                          loader_state=loader.state_dict())
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        ckpt.prune_checkpoints(ckpt_dir, keep_last, keep_step=step)
+    if not dist_initialized() or dist.get_rank() == 0:
+        ckpt.prune_checkpoints(ckpt_dir, keep_last or 0, keep_step=step)
     print0(f"saved checkpoint step {step} to {ckpt_dir}")
+
+
+# ---- the run's skeleton
+
+
+def begin(opts: TrainOptions) -> Compute:
+    """Device, precision and torch.distributed for this process, then the run header, printed once."""
+    compute = compute_init(opts.device_type, opts.seed, opts.dtype)
+    import platform
+
+    print0(f"run: {compute.device_type} ({compute.device}), {compute.dtype}, {compute.dist.world_size} "
+           f"process(es), torch {torch.__version__}, python {platform.python_version()}")
+    print0(format_config(opts))
+    return compute
+
+
+@dataclass
+class Run:
+    """The live objects of one training run and the steps of the skeleton every loop shares."""
+
+    opts: TrainOptions
+    compute: Compute
+    model: torch.nn.Module  # the plain module: its state_dict is what checkpoints hold
+    fwd: Any  # what the loop calls: the compiled module, or the model itself
+    optimizers: list
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    loader: Any  # anything with state_dict() / load_state_dict(): where the data stream is
+    out_dir: Path
+    model_config: dict
+    num_iterations: int | None  # None: the loop ends by its data (midtraining's one pass)
+    loop: LoopState
+    resumed_from: int | None
+    stop: StopRequest
+    log: Any  # nanochat.run_log.RunLog
+    extra_meta: dict = field(default_factory=dict)
+    t_start: float = field(default_factory=time.time)
+
+    def amp(self):
+        return self.compute.autocast()
+
+    def save(self, step: int) -> None:
+        save_training(self.out_dir, step, model=self.model, optimizers=self.optimizers, loader=self.loader,
+                      scaler=self.scaler, loop=self.loop, model_config=self.model_config,
+                      options=to_dict(self.opts), num_iterations=self.num_iterations,
+                      keep_last=self.opts.keep_last, extra_meta=self.extra_meta)
+
+    def boundary(self, step: int, *, last: bool, stopping: bool, also: bool = False) -> bool:
+        """The loop head's save/stop decision (checkpoint_boundary with this run's options)."""
+        return checkpoint_boundary(step, last=last, stopping=stopping, save_every=self.opts.save_every,
+                                   stop_after=self.opts.stop_after, save=self.save, also=also)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def optimizer_step(self, lr_multiplier: float, momentum: float) -> float:
+        return optimizer_step(self.model, self.optimizers, self.scaler, grad_clip=self.opts.grad_clip,
+                              lr_multiplier=lr_multiplier, muon_momentum=momentum).item()
+
+    def end_step(self, step: int, loss: float, dt: float, **metrics) -> float:
+        """Check the loss, count the step, record its metrics; returns the smoothed loss to print."""
+        check_finite(loss, step)
+        smoothed = self.loop.advance(loss, dt)
+        self.log.record(step, loss=loss, dt=dt, **metrics)
+        return smoothed
+
+    def finish(self, section: str, data: dict, summary: dict) -> dict:
+        """The run's tail: summary line, report section, cleanup; exit 143 if a signal stopped it."""
+        from nanochat.common import compute_cleanup
+        from nanochat.report import log_section
+        from nanochat.run_log import format_duration
+
+        summary = {"steps": self.loop.step, **summary, "training_time": format_duration(self.loop.training_seconds),
+                   "wall_time": format_duration(time.time() - self.t_start)}
+        if self.compute.device_type == "cuda":
+            summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        print0("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        ended_early = self.stop.signalled or (self.num_iterations is not None and self.loop.step < self.num_iterations)
+        log_section(section, {**data, **summary, "stopped_early": ended_early})
+        self.log.finish()
+        compute_cleanup()
+        if self.stop.signalled:
+            raise SystemExit(STOPPED_EXIT_CODE)
+        return summary
+
+
+def start_run(opts: TrainOptions, compute: Compute, *, phase: str, tag: str, model, loader,
+              num_iterations: int | None, lr_frac: float = 1.0, dynamic: bool | None = False,
+              extra_meta: dict | None = None) -> Run:
+    """Optimizers (the base learning rates x lr_frac), the compiled forward, resume from this phase's
+    own checkpoints, the SIGTERM handler and the run log: everything a loop needs before its first step."""
+    from nanochat.optim import build_optimizers
+    from nanochat.run_log import RunLog
+
+    ws = compute.dist.world_size
+    optimizers = build_optimizers(model.parameter_groups(), model_dim=model.config.n_embd,
+                                  matrix_lr=opts.matrix_lr * lr_frac, embedding_lr=opts.embedding_lr * lr_frac,
+                                  unembedding_lr=opts.unembedding_lr * lr_frac, scalar_lr=opts.scalar_lr * lr_frac,
+                                  weight_decay=opts.weight_decay, world_size=ws)
+    scaler = torch.amp.GradScaler("cuda") if compute.dtype == "fp16" else None
+    fwd = maybe_compile(model, opts.compile, compute.device_type, dynamic=dynamic)
+    out_dir = ckpt.checkpoint_dir(phase, tag)
+    model_config = dataclasses.asdict(model.config)
+    loop, resumed_from = resume_training(out_dir, opts.resume, model=model, optimizers=optimizers, loader=loader,
+                                         scaler=scaler, model_config=model_config, world_size=ws,
+                                         num_iterations=num_iterations)
+    project = "nanochat" if phase == "base" else f"nanochat-{phase}"
+    log = RunLog(out_dir / "metrics.jsonl", enabled=compute.dist.is_master, wandb_run=opts.run, project=project,
+                 config=to_dict(opts))
+    return Run(opts, compute, model, fwd, optimizers, scaler, loader, out_dir, model_config, num_iterations, loop,
+               resumed_from, StopRequest(), log, dict(extra_meta or {}))

@@ -16,13 +16,13 @@ SpellingBee needs no download, so those two run offline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from nanochat.chat_scoring import CHATCORE_TASKS
-from nanochat.common import get_base_dir, print0, run_main, setup_logging
+from nanochat.common import DeviceType, DType, print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args
 from nanochat.report import CHAT_EVAL_SECTIONS, log_section
 
-SOURCES = ("mid", "sft", "rl")
 # SpellingBee is generated, not downloaded: a fixed size and a seed of its own, so every run scores
 # the same problems and they are not the ones a default-seeded training mixture (seed 0) drew.
 SPELLING_SIZE = 256
@@ -31,44 +31,43 @@ SPELLING_SEED = 1000
 
 @dataclass
 class Options:
-    source: str = "sft"  # which phase's checkpoint: mid | sft | rl (alias -i)
-    task_name: str = "all"  # alias -a: a task, several joined by '|' (e.g. 'ARC-Easy|GSM8K'), or all six
-    max_problems: int = -1  # evaluate the first N problems of each task (-1 = all)
+    source: Literal["mid", "sft", "rl"] = "sft"  # which phase's checkpoint (alias -i)
+    tasks: str = "all"  # alias -a: a task, several joined by '|' (e.g. 'ARC-Easy|GSM8K'), or all six
+    max_problems: int | None = None  # evaluate the first N problems of each task (None = all)
     temperature: float = 0.0  # sampling temperature of generative tasks (0 = greedy)
-    top_k: int = 50  # sample among the k most likely tokens (0 = all)
+    top_k: int | None = 50  # sample among the k most likely tokens (None = all)
     num_samples: int = 1  # samples per generative problem; a problem passes if any does (pass@k)
     max_new_tokens: int = 512  # longest generated reply in tokens
-    batch_size: int = 8  # multiple-choice prompts per forward pass
-    model_tag: str = ""  # checkpoint folder ('' = the most recently saved)
-    step: int = -1  # checkpoint step (-1 = latest)
-    device_type: str = ""  # cuda | mps | cpu ('' = autodetect)
-    dtype: str = ""  # bf16 | fp16 | fp32 ('' = bf16 on CUDA, fp32 elsewhere)
+    device_batch_size: int = 8  # multiple-choice prompts per forward pass
+    model_tag: str | None = None  # checkpoint folder (None = the most recently saved)
+    step: int | None = None  # checkpoint step (None = latest)
+    device_type: DeviceType | None = None  # None = autodetect
+    dtype: DType | None = None  # None = bf16 on CUDA, fp32 elsewhere
 
     def __post_init__(self):
-        if self.source not in SOURCES:
-            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         self.task_names()  # an unknown task name fails here, before anything loads
-        if self.max_problems == 0 or self.max_problems < -1:
-            raise ValueError(f"--max_problems must be -1 (all) or >= 1, got {self.max_problems}")
-        if self.temperature < 0 or self.top_k < 0:
-            raise ValueError(f"--temperature and --top_k must be >= 0, got {self.temperature}, {self.top_k}")
-        if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("--num_samples, --max_new_tokens and --batch_size must be >= 1, got "
-                             f"{self.num_samples}, {self.max_new_tokens}, {self.batch_size}")
+        if self.max_problems is not None and self.max_problems < 1:
+            raise ValueError(f"--max_problems must be >= 1 (or none for all), got {self.max_problems}")
+        if self.temperature < 0 or (self.top_k is not None and self.top_k < 1):
+            raise ValueError(f"--temperature must be >= 0 and --top_k >= 1 (or none), got {self.temperature}, "
+                             f"{self.top_k}")
+        if self.num_samples < 1 or self.max_new_tokens < 1 or self.device_batch_size < 1:
+            raise ValueError("--num_samples, --max_new_tokens and --device_batch_size must be >= 1, got "
+                             f"{self.num_samples}, {self.max_new_tokens}, {self.device_batch_size}")
         if self.num_samples > 1 and self.temperature == 0:
             raise ValueError(f"--num_samples={self.num_samples} at --temperature=0 draws the same greedy "
                              "reply every time: set --temperature > 0 for pass@k")
 
     def task_names(self) -> list[str]:
         """The tasks asked for, in canonical spelling (names match case-insensitively)."""
-        if self.task_name.strip().lower() in ("", "all"):
+        if self.tasks.strip().lower() in ("", "all"):
             return list(CHATCORE_TASKS)
         canonical = {name.lower(): name for name in CHATCORE_TASKS}
         names = []
-        for raw in (s.strip() for s in self.task_name.split("|")):
+        for raw in (s.strip() for s in self.tasks.split("|")):
             name = canonical.get(raw.lower())
             if name is None:
-                raise ValueError(f"unknown task {raw!r} in --task_name: choose from "
+                raise ValueError(f"unknown task {raw!r} in --tasks: choose from "
                                  f"{'|'.join(CHATCORE_TASKS)} or all")
             if name not in names:
                 names.append(name)
@@ -149,24 +148,19 @@ def main(opts: Options) -> dict:
         eval_generative,
         problem_indices,
     )
-    from nanochat.checkpoint import load_model
-    from nanochat.common import autocast, compute_cleanup, compute_init, resolve_dtype
+    from nanochat.checkpoint import load_model_and_tokenizer
+    from nanochat.common import compute_cleanup, compute_init
     from nanochat.engine import Engine
-    from nanochat.tokenizer import Tokenizer
 
-    compute = compute_init(opts.device_type)
-    amp = autocast(compute.device_type, resolve_dtype(opts.dtype, compute.device_type))
+    compute = compute_init(opts.device_type, dtype=opts.dtype)
+    amp = compute.autocast()
     rank, world_size = compute.dist.rank, compute.dist.world_size
     print0(format_config(opts))
     # tasks before the model: a missing dataset is reported before seconds of checkpoint loading
     tasks, unavailable = load_tasks(opts.task_names())
-    tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
-    model, meta = load_model(opts.source, None if opts.step < 0 else opts.step, tag=opts.model_tag or None,
-                             device=compute.device)
-    if model.config.vocab_size != tokenizer.n_vocab:
-        raise ValueError(f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the tokenizer's "
-                         f"({tokenizer.n_vocab}): was the tokenizer retrained after this model?")
-    engine = Engine(model, tokenizer)
+    model, tokenizer, meta = load_model_and_tokenizer(opts.source, opts.step, tag=opts.model_tag,
+                                                      device=compute.device)
+    engine = Engine(model, tokenizer, dtype=compute.dtype)
     print0(f"evaluating {opts.source} checkpoint, step {meta['step']}, on {world_size} process(es)")
 
     results: dict = {name: None for name in CHATCORE_TASKS}
@@ -175,7 +169,7 @@ def main(opts: Options) -> dict:
         label = name if world_size == 1 else f"{name} (rank 0's share)"
         progress = Progress(label, len(problem_indices(len(task), opts.max_problems, rank, world_size)))
         if task.eval_type == "categorical":
-            counts = eval_categorical(model, tokenizer, task, batch_size=opts.batch_size,
+            counts = eval_categorical(model, tokenizer, task, batch_size=opts.device_batch_size,
                                       max_problems=opts.max_problems, rank=rank, world_size=world_size,
                                       autocast=amp, progress=progress)
             metric = "accuracy"
@@ -203,7 +197,7 @@ def main(opts: Options) -> dict:
     if trained.get("offline") or "humaneval" in str(trained.get("tasks", "")):
         notes.append("HumanEval: this model's training mixture included the even-numbered HumanEval problems "
                      "(the offline preset), so its HumanEval score is partly on seen problems")
-    if opts.max_problems > 0:
+    if opts.max_problems is not None:
         notes.append(f"at most {opts.max_problems} problems per task")
     log_section(CHAT_EVAL_SECTIONS[opts.source], {k: results[k] for k in (*CHATCORE_TASKS, "ChatCORE")} |
                 {"checkpoint": f"{opts.source} step {meta['step']}"}, notes=notes)
@@ -214,4 +208,4 @@ def main(opts: Options) -> dict:
 if __name__ == "__main__":
     setup_logging()
     run_main(main, parse_args(Options, prog="python -m scripts.chat_eval", description=__doc__,
-                              aliases={"-i": "source", "-a": "task_name"}))
+                              aliases={"-i": "source", "-a": "tasks"}))

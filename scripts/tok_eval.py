@@ -48,7 +48,7 @@ MATH_SAMPLE = (
 
 @dataclass
 class Options:
-    tokenizer_dir: str = ""  # tokenizer to evaluate ('' = $NANOCHAT_BASE_DIR/tokenizer)
+    tokenizer_dir: str | None = None  # tokenizer to evaluate (None = $NANOCHAT_BASE_DIR/tokenizer)
     max_doc_chars: int = 2_000_000  # characters of each large local sample to measure
     reference_timeout: float = 15.0  # seconds to wait for tiktoken to load GPT-2/GPT-4 before skipping them
 

@@ -2,7 +2,7 @@
 
     python -m scripts.tok_train                              # embedded offline corpus, vocab 65536
     python -m scripts.tok_train --vocab_size=4096            # small vocab for a CPU-sized model
-    python -m scripts.tok_train --source=/path/to/shards     # a folder of parquet shards / .txt files
+    python -m scripts.tok_train --corpus=/path/to/shards     # a folder of parquet shards / .txt files
 
 The tokenizer lands in $NANOCHAT_BASE_DIR/tokenizer/tokenizer.json (see nanochat/tokenizer.py for
 the format) with train_meta.json beside it (what it was trained on, how long it took).
@@ -24,40 +24,40 @@ from nanochat.text_sources import iter_texts
 class Options:
     vocab_size: int = 65536  # total vocabulary, the 9 special tokens included
     max_chars: int = 2_000_000_000  # stop reading the corpus after this many characters
-    doc_cap: int = 10_000  # characters kept from the start of each document (0 = whole documents)
-    source: str = "embedded"  # embedded | embedded-ko | a folder or file of .parquet / .txt documents
-    num_threads: int = 0  # trainer threads (0 = all cores)
-    output_dir: str = ""  # where to write the tokenizer ('' = $NANOCHAT_BASE_DIR/tokenizer)
+    doc_cap: int | None = 10_000  # characters kept from the start of each document (None = whole documents)
+    corpus: str = "embedded"  # embedded | embedded-ko | a corpus of nanochat.dataset | .parquet / .txt files or a folder
+    num_threads: int | None = None  # trainer threads (None = all cores)
+    out_dir: str | None = None  # where to write the tokenizer (None = $NANOCHAT_BASE_DIR/tokenizer)
 
     def __post_init__(self):
         if self.vocab_size < 256 + 9 + 1:
             raise ValueError(f"--vocab_size must be at least 266 (256 bytes + 9 special tokens + 1), got {self.vocab_size}")
         if self.max_chars <= 0:
             raise ValueError(f"--max_chars must be positive, got {self.max_chars}")
-        if self.doc_cap < 0:
-            raise ValueError(f"--doc_cap must be >= 0, got {self.doc_cap}")
+        if self.doc_cap is not None and self.doc_cap < 1:
+            raise ValueError(f"--doc_cap must be >= 1 (or none for whole documents), got {self.doc_cap}")
 
 
 def main(opts: Options) -> Path:
     from nanochat.tokenizer import Tokenizer
 
     print0(format_config(opts))
-    out_dir = Path(opts.output_dir) if opts.output_dir else get_base_dir() / "tokenizer"
+    out_dir = Path(opts.out_dir) if opts.out_dir else get_base_dir() / "tokenizer"
     counter = {"docs": 0, "chars": 0}
 
     def texts():
-        for text in iter_texts(opts.source, max_chars=opts.max_chars, doc_cap=opts.doc_cap):
+        for text in iter_texts(opts.corpus, max_chars=opts.max_chars, doc_cap=opts.doc_cap or 0):
             counter["docs"] += 1
             counter["chars"] += len(text)
             yield text
 
     t0 = time.perf_counter()
     tokenizer = Tokenizer.train_from_iterator(
-        texts(), opts.vocab_size, doc_cap=opts.doc_cap, num_threads=opts.num_threads
+        texts(), opts.vocab_size, doc_cap=opts.doc_cap or 0, num_threads=opts.num_threads or 0
     )
     seconds = time.perf_counter() - t0
     if counter["docs"] == 0:
-        raise SystemExit(f"error: source {opts.source!r} yielded no documents; nothing to train on")
+        raise SystemExit(f"error: corpus {opts.corpus!r} yielded no documents; nothing to train on")
     tokenizer.save(out_dir)
     meta = {
         "options": to_dict(opts),
@@ -76,7 +76,7 @@ def main(opts: Options) -> Path:
         print0(f"note: the corpus ran out of pairs; vocabulary is {tokenizer.n_vocab}, not {opts.vocab_size}")
     print0(f"saved to {out_dir}")
     log_section(SECTION_TOK_TRAIN, {
-        "vocab_size": tokenizer.n_vocab, "requested_vocab_size": opts.vocab_size, "source": opts.source,
+        "vocab_size": tokenizer.n_vocab, "requested_vocab_size": opts.vocab_size, "corpus": opts.corpus,
         "doc_cap": opts.doc_cap, "documents": counter["docs"], "characters": counter["chars"],
         "train_seconds": round(seconds, 3), "M_chars_per_s": round(rate, 3),
     })

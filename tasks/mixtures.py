@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nanochat.common import print0
 from tasks.common import Task, TaskMixture
 
 PRESETS = {
@@ -152,3 +153,13 @@ def describe(mixture: TaskMixture) -> str:
         counts[task_no] = counts.get(task_no, 0) + 1
     parts = [f"{type(t).__name__} {counts.get(i, 0):,}" for i, t in enumerate(mixture.tasks)]
     return f"{len(mixture):,} conversations: " + ", ".join(parts)
+
+
+def chat_mixture(opts, phase: str) -> tuple[TaskMixture, TaskMixture, str]:
+    """(train, validation, the spec used) for a chat phase's options (--tasks, --offline, --identity_*,
+    --seed): the phase's preset unless --tasks names one; described once in the log."""
+    spec = opts.tasks or phase + ("-offline" if opts.offline else "")
+    train, val = build_mixture(spec, persona=Persona(opts.identity_name, opts.identity_creator), seed=opts.seed)
+    expanded = PRESETS.get(spec, spec)
+    print0(f"tasks: {expanded}\ntrain mixture: {describe(train)}\nvalidation mixture: {len(val):,} conversations")
+    return train, val, expanded

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 SEQ = 32
 TINY = ["--depth=1", "--aspect_ratio=64", "--head_dim=32", f"--max_seq_len={SEQ}", "--compile=false",
-        "--eval_every=-1", "--sample_every=-1", "--device_type=cpu", "--warmdown_ratio=0.5"]
+        "--eval_every=none", "--sample_every=none", "--device_type=cpu", "--warmdown_ratio=0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def losses(base, tag):
 
 def test_stop_and_resume_continue_the_exact_loss_curve(workspace):
     base, data = workspace
-    common = [*TINY, f"--source={data}", "--device_batch_size=2", "--total_batch_size=-1", "--num_iterations=8"]
+    common = [*TINY, f"--corpus={data}", "--device_batch_size=2", "--total_batch_size=none", "--num_iterations=8"]
     straight = run([*common, "--model_tag=straight"], base)
     assert straight.returncode == 0, straight.stderr
     first = run([*common, "--model_tag=resumed", "--save_every=4", "--stop_after=4"], base)
@@ -84,7 +84,7 @@ def test_stop_and_resume_continue_the_exact_loss_curve(workspace):
 
 def test_sigkill_mid_run_leaves_a_usable_checkpoint(workspace):
     base, data = workspace
-    common = [*TINY, f"--source={data}", "--device_batch_size=2", "--total_batch_size=-1", "--num_iterations=8"]
+    common = [*TINY, f"--corpus={data}", "--device_batch_size=2", "--total_batch_size=none", "--num_iterations=8"]
     if not (base / "base_checkpoints" / "straight").exists():
         assert run([*common, "--model_tag=straight"], base).returncode == 0
     proc = run([*common, "--model_tag=killed", "--save_every=1", "--keep_last=2"], base, wait=False)
@@ -105,7 +105,7 @@ def test_sigkill_mid_run_leaves_a_usable_checkpoint(workspace):
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(workspace):
     base, data = workspace
-    common = [*TINY, f"--source={data}", f"--total_batch_size={2 * SEQ}", "--num_iterations=5"]
+    common = [*TINY, f"--corpus={data}", f"--total_batch_size={2 * SEQ}", "--num_iterations=5"]
     single = run([*common, "--device_batch_size=1", "--model_tag=single"], base)
     assert single.returncode == 0, single.stderr
     assert "x 2 accumulation" in single.stdout
@@ -126,12 +126,12 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(workspa
         (["--model_dim=512"], "width follows --depth"),
         (["--dtype=bf16"], "needs a CUDA GPU"),
         (["--device_type=cuda"], "no CUDA GPU is visible"),
-        (["--source=/nonexistent/shards"], "no training shards"),
+        (["--corpus=/nonexistent/shards"], "no training shards"),
     ],
 )
 def test_bad_setups_fail_with_one_line(workspace, args, needle):
     base, data = workspace
-    extra = [] if any(a.startswith("--source") for a in args) else [f"--source={data}"]
+    extra = [] if any(a.startswith("--corpus") for a in args) else [f"--corpus={data}"]
     tiny = [a for a in TINY if not (a.startswith("--device_type") and any(b.startswith("--device_type") for b in args))]
     proc = run([*tiny, "--num_iterations=1", *extra, *args], base, timeout=120)
     assert proc.returncode != 0
@@ -141,5 +141,5 @@ def test_bad_setups_fail_with_one_line(workspace, args, needle):
 
 def test_missing_tokenizer_names_the_command(tmp_path, workspace):
     _, data = workspace
-    proc = run([*TINY, "--num_iterations=1", f"--source={data}"], tmp_path / "empty_base", timeout=120)
+    proc = run([*TINY, "--num_iterations=1", f"--corpus={data}"], tmp_path / "empty_base", timeout=120)
     assert proc.returncode != 0 and "python -m scripts.tok_train" in proc.stderr

@@ -353,7 +353,7 @@ def test_bad_options_fail_before_loading_anything():
     from nanochat.config import ConfigError, parse
     from scripts.chat_eval import Options
 
-    with pytest.raises(ConfigError, match="unknown task 'ARC' in --task_name"):
+    with pytest.raises(ConfigError, match="unknown task 'ARC' in --tasks"):
         parse(Options, ["-a", "ARC"], aliases={"-a": "task_name"})
     with pytest.raises(ConfigError, match="--temperature > 0 for pass@k"):
         parse(Options, ["--num_samples=4"])

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from nanochat.chat_rl import (
+from nanochat.train_rl import (
     PromptCursor,
     RLOptions,
     Sample,
@@ -113,7 +113,7 @@ def test_loss_with_the_real_model_matches_log_softmax(base_dir):
 # ---- the script
 
 TINY = ["--offline", "--device_type=cpu", "--compile=false", "--examples_per_step=2", "--num_samples=2",
-        "--max_new_tokens=16", "--device_batch_size=2", "--eval_examples=2"]
+        "--max_new_tokens=16", "--device_batch_size=2", "--max_problems=2"]
 
 
 def run(args, base):
@@ -130,6 +130,7 @@ def metrics(path):
     return out
 
 
+@pytest.mark.slow
 def test_tiny_offline_run_logs_rewards_and_saves(base_dir):
     make_tiny_checkpoint(base_dir, phase="sft", tag="d1")
     proc = run(["--num_iterations=2", "--eval_every=2"], base_dir)
@@ -165,23 +166,24 @@ class Vowels(Arithmetic):
         return sum(c in "aeiou" for c in completion) / max(1, len(completion))
 
 
+@pytest.mark.slow
 def test_resume_equals_straight(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     tasks = (Vowels(size=50, seed=0), Arithmetic(size=4, seed=1))
-    common = dict(offline=True, device_type="cpu", compile="false", examples_per_step=2, num_samples=3,
-                  max_new_tokens=12, device_batch_size=4, eval_examples=2, num_iterations=4, eval_every=2,
-                  save_every=2, keep_last=0, init_lr_frac=1.0)
+    common = dict(offline=True, device_type="cpu", compile=False, examples_per_step=2, num_samples=3,
+                  max_new_tokens=12, device_batch_size=4, max_problems=2, num_iterations=4, eval_every=2,
+                  save_every=2, keep_last=None, init_lr_frac=1.0)
     dirs = {}
     for name in ("straight", "resumed"):
         base = tmp_path / name
         make_tiny_checkpoint(base, phase="sft", tag="d1")
         monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
         if name == "straight":
-            train_rl(RLOptions(**common), tasks)
+            train_rl(RLOptions(**common), *tasks)
         else:
-            assert train_rl(RLOptions(**common, stop_after=2), tasks)["steps"] == 2
-            assert train_rl(RLOptions(**common, resume="auto"), tasks)["steps"] == 4
+            assert train_rl(RLOptions(**common, stop_after=2), *tasks)["steps"] == 2
+            assert train_rl(RLOptions(**common, resume="auto"), *tasks)["steps"] == 4
         dirs[name] = base / "chatrl_checkpoints" / "d1"
     straight, resumed = metrics(dirs["straight"] / "metrics.jsonl"), metrics(dirs["resumed"] / "metrics.jsonl")
     assert any(straight[s]["loss"] != 0 for s in range(4)) and straight[0]["grad_norm"] > 0

@@ -193,7 +193,7 @@ def test_chat_schedules_never_rise(warmdown, final):
 # ---- the scripts
 
 TINY = ["--offline", "--device_type=cpu", "--compile=false", "--max_seq_len=64", "--eval_batches=4"]
-MID = ["--device_batch_size=4", "--total_batch_size=-1"]
+MID = ["--device_batch_size=4", "--total_batch_size=none"]
 SFT = ["--device_batch_size=2", "--target_examples_per_step=4"]
 
 
@@ -232,7 +232,7 @@ def test_tiny_run_lowers_val_loss_and_resume_equals_straight(tmp_path, phase, sc
         make_tiny_checkpoint(bases[name], phase="base", tag="d1")
     if phase == "sft":  # SFT starts from mid by default; this one from base
         args = [*args, "--source=base", "--init_lr_frac=1.0"]  # the random tiny model needs full LRs to move
-    common = [*args, "--num_iterations=12", "--eval_every=6", "--save_every=6", "--keep_last=0"]
+    common = [*args, "--num_iterations=12", "--eval_every=6", "--save_every=6", "--keep_last=none"]
     straight = run(script, common, bases["straight"])
     assert "sample: 'Hello! Who are you?'" in straight.stdout
     first = run(script, [*common, "--stop_after=6"], bases["resumed"])
@@ -270,7 +270,7 @@ def test_missing_previous_phase_is_one_line(tmp_path):
 def test_sigterm_saves_a_checkpoint_at_a_step_boundary(base_dir):
     base = base_dir
     make_tiny_checkpoint(base, phase="base", tag="d1")
-    proc = run("mid_train", [*MID, "--num_iterations=100000", "--eval_every=-1"], base, wait=False)
+    proc = run("mid_train", [*MID, "--num_iterations=100000", "--eval_every=none"], base, wait=False)
     deadline = time.time() + 120
     seen = ""
     while "step 00003/" not in seen and time.time() < deadline:
@@ -288,7 +288,7 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary(base_dir):
 
 
 def test_bigger_batch_than_the_previous_run_warns(capsys):
-    from nanochat.chat_train import ChatOptions, warn_if_larger
+    from nanochat.train_chat import ChatOptions, warn_if_larger
 
     opts = ChatOptions(device_batch_size=64)
     warn_if_larger(opts, 2048, {"options": {"device_batch_size": 32, "max_seq_len": 2048}})
@@ -304,7 +304,7 @@ def test_chat_phases_under_torchrun_gloo(tmp_path):
     base = tmp_path / "base"
     make_tiny_checkpoint(base, phase="base", tag="d1")
     common = ["--source=base", "--init_lr_frac=1.0", "--device_batch_size=2", "--target_examples_per_step=4",
-              "--num_iterations=4", "--eval_every=-1"]
+              "--num_iterations=4", "--eval_every=none"]
     single = run("chat_sft", common, base)
     assert "2 x 1 processes x 2 accumulation" in single.stdout
     one = metrics(base / "chatsft_checkpoints" / "d1" / "metrics.jsonl")

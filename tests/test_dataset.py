@@ -367,10 +367,10 @@ def test_list_shards_missing_data_says_what_to_run(base_dir, tmp_path):
         list_shards("train")
     assert isinstance(e.value, FileNotFoundError)
     assert str(e.value) == (f"no training shards in {base_dir / 'base_data'}: run python -m nanochat.dataset -n 8 "
-                            "(offline: python -m nanochat.dataset --source=embedded)")
-    with pytest.raises(DataNotFound, match="--source=ko -n 8"):
+                            "(offline: python -m nanochat.dataset --corpus=embedded)")
+    with pytest.raises(DataNotFound, match="--corpus=ko -n 8"):
         list_shards("val", "ko")
-    with pytest.raises(DataNotFound, match=r"run python -m nanochat.dataset --source=embedded$"):
+    with pytest.raises(DataNotFound, match=r"run python -m nanochat.dataset --corpus=embedded$"):
         list_shards("train", "embedded")
     # a plain folder without manifest: the last file in sorted order is the validation shard
     folder = tmp_path / "plain"
@@ -422,7 +422,7 @@ def test_cli_english_and_korean_through_the_real_registry(tmp_path, server):
           "data-00501-of-00502.arrow": arrow_bytes(docs_of(6), stream=False)}
     server.host(KO_REPO, ko)
     env = {"HF_ENDPOINT": server.base, "NANOCHAT_HF_ENDPOINT": ""}  # HF tools' variable works too
-    r = run_cli(["--source", "ko", "-n", "1"], tmp_path, **env)
+    r = run_cli(["--corpus", "ko", "-n", "1"], tmp_path, **env)
     assert r.returncode == 0, r.stderr
     assert texts(tmp_path / "base_data_ko" / "shard_00501.parquet") == docs_of(6)
 
@@ -431,9 +431,9 @@ def test_cli_bad_option_and_bad_source_fail_with_one_line(tmp_path):
     r = run_cli(["--num_shard=3"], tmp_path)
     assert r.returncode == 2 and len(lines(r.stderr)) == 1
     assert "unknown option --num_shard" in r.stderr and "--num_shards" in r.stderr
-    r = run_cli(["--source=nowhere"], tmp_path)
+    r = run_cli(["--corpus=nowhere"], tmp_path)
     assert r.returncode == 1 and len(lines(r.stderr)) == 1 and "unknown source 'nowhere'" in r.stderr
-    r = run_cli(["--source=http://127.0.0.1:9/x/shard_{index:05d}.parquet"], tmp_path)
+    r = run_cli(["--corpus=http://127.0.0.1:9/x/shard_{index:05d}.parquet"], tmp_path)
     assert r.returncode == 1 and len(lines(r.stderr)) == 1 and "--num_total_shards" in r.stderr
 
 

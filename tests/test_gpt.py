@@ -53,7 +53,7 @@ def test_d20_matches_reference_size_without_allocating():
     assert model.num_params() == 560_988_160
     matmul = 560_988_160 - 65536 * 1280  # everything but the embedding lookup
     assert model.estimate_flops() == 6 * matmul + 12 * 20 * 10 * 128 * 2048
-    # ~3.9e19 FLOPs for the 11.2B-token d20 run (ANCHORS)
+    # ~3.9e19 FLOPs for the 11.2B-token d20 run (karpathy/nanochat's speedrun report)
     assert 3.8e19 < model.estimate_flops() * 21_400 * 524_288 < 4.0e19
 
 

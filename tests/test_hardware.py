@@ -6,7 +6,7 @@ from nanochat.hardware import gpu_entry, mfu, peak_flops
 
 
 def test_mfu_matches_the_reference_d20_figure():
-    # ANCHORS: d20 FLOPs/token x 524,288 tokens per 0.485 s step on 8 H100s (989e12) is ~48% MFU
+    # karpathy/nanochat's speedrun: d20 FLOPs/token x 524,288 tokens per 0.485 s step on 8 H100s (989e12) is ~48% MFU
     flops_per_token = 6 * 560_988_160 * 0.94 + 12 * 20 * 10 * 128 * 2048  # any value: checked exactly below
     tok_s = 524_288 / 0.485
     assert mfu(flops_per_token, tok_s, 989e12, 8) == pytest.approx(flops_per_token * tok_s / (989e12 * 8))

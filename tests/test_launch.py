@@ -20,7 +20,7 @@ from tests.conftest import REPO_ROOT
 
 LAUNCH = REPO_ROOT / "dev" / "launch.sh"
 TINY = ["--depth=1", "--aspect_ratio=64", "--head_dim=32", "--max_seq_len=32", "--compile=false",
-        "--device_batch_size=2", "--total_batch_size=-1", "--warmdown_ratio=0.5"]
+        "--device_batch_size=2", "--total_batch_size=none", "--warmdown_ratio=0.5"]
 
 
 def launch(base: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -85,7 +85,7 @@ def test_a_failed_check_launches_nothing(tmp_path):
 def test_test_mode_runs_ten_steps_in_a_scratch_base_dir(setup):
     base, data = setup
     proc = launch(base, "base_train", "--test", "--gpus", "0", "--foreground", "--name=smoke", *TINY,
-                  f"--source={data}", "--eval_tokens=128", timeout=300)
+                  f"--corpus={data}", "--eval_tokens=128", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "step 00010/00010" in proc.stdout and "the setup works" in proc.stdout
     assert not (base / "base_checkpoints").exists()  # the real base dir got no checkpoint
@@ -100,8 +100,8 @@ def test_stop_saves_a_loadable_checkpoint(setup, monkeypatch):
     from nanochat.checkpoint import latest_step, load_model
 
     base, data = setup
-    proc = launch(base, "base_train", "--train", "--gpus", "0", "--name=long", *TINY, f"--source={data}",
-                  "--model_tag=stopped", "--eval_every=-1", "--sample_every=-1", "--num_iterations=100000")
+    proc = launch(base, "base_train", "--train", "--gpus", "0", "--name=long", *TINY, f"--corpus={data}",
+                  "--model_tag=stopped", "--eval_every=none", "--sample_every=none", "--num_iterations=100000")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_dir = base / "logs" / "long"
     assert "tail -f" in proc.stdout and str(run_dir / "console.log") in proc.stdout

@@ -264,14 +264,14 @@ def test_command_lines(base_dir, tmp_path):
 
     bad = run("nanochat.report", "publish")
     assert bad.returncode == 2 and "reset|generate" in bad.stderr
-    nothing = run("scripts.plot", "--phase=base")
+    nothing = run("scripts.plot", "--source=base")
     assert nothing.returncode == 1 and len(nothing.stderr.strip().splitlines()) == 1
     assert "no metrics.jsonl for phase base" in nothing.stderr
 
     assert run("nanochat.report", "reset").returncode == 0
     assert (base_dir / "report" / "header.md").is_file()
     resumed_run(base_dir / "base_checkpoints" / "d4" / "metrics.jsonl")
-    plot = run("scripts.plot", "--phase=base", "--tag=d4", f"--out_dir={tmp_path / 'pngs'}")
+    plot = run("scripts.plot", "--source=base", "--model_tag=d4", f"--out_dir={tmp_path / 'pngs'}")
     assert plot.returncode == 0, plot.stderr
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [
         "base-d4-grad_norm.png", "base-d4-loss.png", "base-d4-lrm.png", "base-d4-throughput.png"]

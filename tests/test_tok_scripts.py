@@ -28,7 +28,7 @@ def test_train_then_eval_on_a_folder(tmp_path):
     for i in range(20):
         (corpus / f"doc{i:02d}.txt").write_text(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 30)
     base = tmp_path / "base"
-    train = run(["scripts.tok_train", "--vocab_size=400", f"--source={corpus}"], base)
+    train = run(["scripts.tok_train", "--vocab_size=400", f"--corpus={corpus}"], base)
     assert train.returncode == 0, train.stderr
     tok_dir = base / "tokenizer"
     assert (tok_dir / "tokenizer.json").is_file()

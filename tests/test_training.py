@@ -79,7 +79,7 @@ class CountingLoader:
 
 def _save(ckpt_dir, step, model, opt, loader, loop, config=None, iterations=10):
     save_training(ckpt_dir, step, model=model, optimizers=[opt], loader=loader, scaler=None, loop=loop,
-                  model_config=config or {"width": 3}, options={"x": 1}, num_iterations=iterations, keep_last=0)
+                  model_config=config or {"width": 3}, options={"x": 1}, num_iterations=iterations, keep_last=None)
 
 
 def test_resume_restores_everything_and_checks_the_model(tmp_path, capsys):

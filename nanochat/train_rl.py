@@ -1,4 +1,5 @@
-"""Reinforcement learning on a task with a reward (GSM8K), the library under scripts.chat_rl.
+"""The RL loop (scripts.chat_rl): reinforcement learning on a task with a reward (GSM8K), beside the
+pretraining and chat loops (train_base.py, train_chat.py) and sharing their skeleton (training.py).
 
 The reference nanochat's simplified GRPO, which is REINFORCE with a per-prompt baseline: each step
 samples num_samples completions per prompt with the current model (on-policy, so no PPO ratio or
@@ -20,14 +21,14 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from nanochat.chat_scoring import completion_text
-from nanochat.chat_train import ChatOptions, load_previous, warn_if_larger
-from nanochat.common import get_base_dir, print0
-from nanochat.config import format_config, to_dict
-from nanochat.report import SECTION_CHAT_RL, log_section
+from nanochat.common import print0
+from nanochat.train_chat import FinetuneOptions
+from nanochat.training import due
 
 # ---- the prompt order
 
@@ -139,151 +140,89 @@ def policy_gradient_loss(model, inputs: torch.Tensor, targets: torch.Tensor, adv
 
 
 @dataclass
-class RLOptions(ChatOptions):
-    source: str = "sft"  # phase whose checkpoint to start from: sft | mid | base
+class RLOptions(FinetuneOptions):
+    source: Literal["sft", "mid", "base"] = "sft"  # the checkpoint to start from
     offline: bool = False  # train and evaluate on generated arithmetic problems (seeds 0 / 1) instead of GSM8K
-    max_seq_len: int = -1  # prompt + completion tokens at most (-1 = the model's context)
     examples_per_step: int = 16  # prompts per optimizer step, over all processes
     num_samples: int = 16  # completions sampled per prompt
     max_new_tokens: int = 256  # tokens per completion at most (training and evaluation)
     temperature: float = 1.0  # sampling temperature of the rollouts
-    top_k: int = 50  # rollouts sample among the k likeliest tokens (0 = all)
+    top_k: int | None = 50  # rollouts sample among the k likeliest tokens (None = all)
     device_batch_size: int = 8  # sequences per forward pass of the loss (gradient accumulation)
-    num_epochs: float = 1.0  # passes over the training prompts (when --num_iterations is -1)
-    num_iterations: int = -1  # optimizer steps (-1 = num_epochs x train prompts // examples_per_step)
+    num_epochs: float = 1.0  # passes over the training prompts (when --num_iterations is none)
+    num_iterations: int | None = None  # optimizer steps (None = num_epochs x train prompts // examples_per_step)
     init_lr_frac: float = 0.05  # multiplier on the base learning rates
     warmdown_ratio: float = 1.0  # linear decay to final_lr_frac over the whole run
     momentum_warmup: int = 0  # Muon momentum at 0.95 from the start
-    eval_every: int = 60  # steps between evaluations, and one at the end (-1 = never)
-    eval_examples: int = 400  # evaluation problems: greedy pass@1 on the eval split (GSM8K test)
+    eval_every: int | None = 60  # steps between evaluations, and one at the end (None = never)
+    max_problems: int = 400  # evaluation problems: greedy pass@1 on the eval split (GSM8K test)
 
     def __post_init__(self):
-        self.validate()
-        for name in ("examples_per_step", "num_samples", "max_new_tokens", "eval_examples"):
+        super().__post_init__()
+        for name in ("examples_per_step", "num_samples", "max_new_tokens", "max_problems"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0 or self.top_k < 0 or self.num_epochs <= 0:
-            raise ValueError("--temperature and --num_epochs must be > 0 and --top_k >= 0 (RL samples; "
+        if self.temperature <= 0 or (self.top_k is not None and self.top_k < 1) or self.num_epochs <= 0:
+            raise ValueError("--temperature and --num_epochs must be > 0 and --top_k >= 1 or none (RL samples; "
                              "greedy rollouts would all be the same)")
-        if self.tasks:
-            raise ValueError("--tasks is not used by chat_rl: it trains on GSM8K, or arithmetic with --offline")
 
 
-def load_tasks(offline: bool):
-    """(train, eval) tasks; GSM8K missing fails at once with the command that fetches it."""
-    if offline:
-        from tasks.arithmetic import Arithmetic
-
-        return Arithmetic(size=1000, seed=0), Arithmetic(size=1000, seed=1)
-    from tasks.gsm8k import load_gsm8k
-
-    return load_gsm8k("train"), load_gsm8k("test")
-
-
-def train_rl(opts: RLOptions, tasks=None) -> dict:
-    """Run RL with these options; `tasks` = (train, eval) overrides the data (tests use a toy reward)."""
-    import dataclasses
-
+def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> dict:
+    """Run RL on train_task (prompts with a reward), evaluating greedy pass@1 on eval_task."""
     import torch.distributed as dist
 
-    from nanochat import checkpoint as ckpt
     from nanochat.chat_scoring import Progress, all_reduce_counts, eval_generative, problem_indices
-    from nanochat.common import autocast, compute_cleanup, compute_init, resolve_dtype
+    from nanochat.common import dist_initialized
     from nanochat.engine import Engine
-    from nanochat.optim import build_optimizers
-    from nanochat.run_log import RunLog, format_duration, read_metrics
+    from nanochat.report import SECTION_CHAT_RL
+    from nanochat.run_log import format_duration, read_metrics
     from nanochat.schedule import lr_multiplier, muon_momentum
-    from nanochat.tokenizer import Tokenizer
-    from nanochat.training import (
-        STOPPED_EXIT_CODE,
-        StopRequest,
-        check_finite,
-        checkpoint_boundary,
-        maybe_compile,
-        oom_error,
-        optimizer_step,
-        resume_training,
-        save_training,
-    )
+    from nanochat.train_chat import load_previous
+    from nanochat.training import begin, oom_error, start_run
 
-    compute = compute_init(opts.device_type, opts.seed)
+    compute = begin(opts)
     device, info = compute.device, compute.dist
     ws, rank = info.world_size, info.rank
-    dtype = resolve_dtype(opts.dtype, compute.device_type)
-    amp = autocast(compute.device_type, dtype)
-    print0(format_config(opts))
     if opts.examples_per_step % ws:
         raise ValueError(f"--examples_per_step={opts.examples_per_step} is not a multiple of the {ws} processes")
-
-    tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
-    train_task, eval_task = tasks or load_tasks(opts.offline)
-    model, prev_meta, tag = load_previous(opts, device)
-    model.train()
-    config = model.config
-    model_config = dataclasses.asdict(config)
-    if config.vocab_size != tokenizer.n_vocab:
-        raise ValueError(f"the {opts.source} checkpoint's vocabulary ({config.vocab_size}) is not the tokenizer's "
-                         f"({tokenizer.n_vocab}): was the tokenizer retrained after this model?")
-    T = config.sequence_len if opts.max_seq_len < 0 else opts.max_seq_len
-    if not 1 <= T <= config.sequence_len:
-        raise ValueError(f"--max_seq_len={opts.max_seq_len}: the model's context is {config.sequence_len} tokens")
-    warn_if_larger(opts, T, prev_meta)
-    num_iterations = opts.num_iterations if opts.num_iterations > 0 else \
-        max(1, int(opts.num_epochs * len(train_task)) // opts.examples_per_step)
-    print0(f"train: {len(train_task):,} prompts, eval: {min(opts.eval_examples, len(eval_task)):,}; step = "
+    model, tokenizer, prev_meta, tag, T = load_previous(opts, device)
+    num_iterations = opts.num_iterations or max(1, int(opts.num_epochs * len(train_task)) // opts.examples_per_step)
+    print0(f"train: {len(train_task):,} prompts, eval: {min(opts.max_problems, len(eval_task)):,}; step = "
            f"{opts.examples_per_step} prompts x {opts.num_samples} samples over {ws} processes; "
            f"{num_iterations:,} steps")
 
-    lr_frac = opts.init_lr_frac
-    optimizers = build_optimizers(model.parameter_groups(), model_dim=config.n_embd, matrix_lr=opts.matrix_lr * lr_frac,
-                                  embedding_lr=opts.embedding_lr * lr_frac, unembedding_lr=opts.unembedding_lr * lr_frac,
-                                  scalar_lr=opts.scalar_lr * lr_frac, weight_decay=opts.weight_decay, world_size=ws)
-    scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
-    fwd = maybe_compile(model, opts.compile, compute.device_type, dynamic=True)  # lengths vary per chunk
-    engine = Engine(model, tokenizer)  # the uncompiled model: decoding runs one token at a time
-
-    out_dir = ckpt.checkpoint_dir("rl", tag)
     cursor = PromptCursor(len(train_task), seed=opts.seed)
-    loop, _ = resume_training(out_dir, opts.resume, model=model, optimizers=optimizers, loader=cursor,
-                              scaler=scaler, model_config=model_config, world_size=ws, num_iterations=num_iterations)
-    stop = StopRequest()
-    log = RunLog(out_dir / "metrics.jsonl", enabled=info.is_master, wandb_run=opts.run, project="nanochat-rl",
-                 config=to_dict(opts))
-    source_meta = {"source": {"phase": opts.source, "tag": tag, "step": prev_meta.get("step")}}
-
-    def save(step: int) -> None:
-        save_training(out_dir, step, model=model, optimizers=optimizers, loader=cursor, scaler=scaler, loop=loop,
-                      model_config=model_config, options=to_dict(opts), num_iterations=num_iterations,
-                      keep_last=opts.keep_last, extra_meta=source_meta)
+    run = start_run(opts, compute, phase="rl", tag=tag, model=model, loader=cursor, num_iterations=num_iterations,
+                    lr_frac=opts.init_lr_frac, dynamic=True,  # sequence lengths vary per chunk
+                    extra_meta={"source": {"phase": opts.source, "tag": tag, "step": prev_meta.get("step")}})
+    engine = Engine(model, tokenizer, dtype=compute.dtype)  # the uncompiled model: decoding runs a token at a time
 
     def evaluate() -> float | None:
-        mine = problem_indices(len(eval_task), opts.eval_examples, rank, ws)
+        mine = problem_indices(len(eval_task), opts.max_problems, rank, ws)
         # greedy pass@1: one deterministic answer per problem, so the figure moves only with the model
         model.eval()
         counts = eval_generative(engine, eval_task, num_samples=1, max_new_tokens=opts.max_new_tokens,
-                                 temperature=0.0, max_problems=opts.eval_examples, rank=rank, world_size=ws,
+                                 temperature=0.0, max_problems=opts.max_problems, rank=rank, world_size=ws,
                                  seed=opts.seed, progress=Progress("eval", len(mine)))
         model.train()
         return all_reduce_counts(counts, device).accuracy
 
-    def global_sum(*values: float) -> list[float]:
+    def global_sums(*values: float) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        if info.is_distributed:
+        if dist_initialized():
             dist.all_reduce(t)
         return t.tolist()
 
     pass_rate = None
-    t_start = time.time()
     while True:
-        step = loop.step
+        step = run.loop.step
         last = step == num_iterations
-        stopping = stop.requested(device)
-        if opts.eval_every > 0 and not stopping and (last or step % opts.eval_every == 0):
+        stopping = run.stop.requested(device)
+        if due(opts.eval_every, step, last) and not stopping:
             pass_rate = evaluate()
             print0(f"step {step:05d} | eval pass@1 {pass_rate:.4f}")
-            log.record(step, val_pass_rate=pass_rate)
-        if checkpoint_boundary(step, last=last, stopping=stopping, save_every=opts.save_every,
-                               stop_after=opts.stop_after, save=save):
+            run.log.record(step, val_pass_rate=pass_rate)
+        if run.boundary(step, last=last, stopping=stopping):
             break
 
         t0 = time.perf_counter()
@@ -300,7 +239,7 @@ def train_rl(opts: RLOptions, tasks=None) -> dict:
             samples += group
             advantages.append(group_advantages(torch.tensor([[s.reward for s in group]]))[0])  # (1, N) -> (N,)
         adv = torch.cat(advantages)  # (P x N,)
-        reward_sum, length_sum, count, n_tokens = global_sum(
+        reward_sum, length_sum, count, n_tokens = global_sums(
             sum(s.reward for s in samples), sum(s.completion_len for s in samples), len(samples),
             trained_tokens(samples))
         n_tokens = max(n_tokens, 1.0)
@@ -309,41 +248,28 @@ def train_rl(opts: RLOptions, tasks=None) -> dict:
             B = opts.device_batch_size
             for i in range(0, len(samples), B):
                 inputs, targets = collate(samples[i : i + B], tokenizer.bos_token_id, device)
-                with amp:
+                with run.amp():
                     # each rank's share of the step's loss; the distributed optimizers average the
                     # ranks' gradients, so scale by world_size to get the gradient of the sum
-                    loss = policy_gradient_loss(fwd, inputs, targets, adv[i : i + B].to(device), n_tokens)
+                    loss = policy_gradient_loss(run.fwd, inputs, targets, adv[i : i + B].to(device), n_tokens)
                 loss_sum += loss.detach()
-                scaled = loss * ws
-                (scaler.scale(scaled) if scaler else scaled).backward()
+                run.backward(loss * ws)
         except torch.OutOfMemoryError:
             raise oom_error(opts.device_batch_size) from None
         lrm = lr_multiplier(step, num_iterations, warmdown_ratio=opts.warmdown_ratio, final_lr_frac=opts.final_lr_frac)
-        grad_norm = optimizer_step(model, optimizers, scaler, grad_clip=opts.grad_clip, lr_multiplier=lrm,
-                                   muon_momentum=muon_momentum(step, opts.momentum_warmup)).item()
-        (train_loss,) = global_sum(loss_sum.item())
-        check_finite(train_loss, step)
+        grad_norm = run.optimizer_step(lrm, muon_momentum(step, opts.momentum_warmup))
+        (train_loss,) = global_sums(loss_sum.item())
         dt = time.perf_counter() - t0
-        loop.advance(train_loss, dt)
         reward, length = reward_sum / count, length_sum / count
-        print0(f"step {loop.step:05d}/{num_iterations:05d} | reward {reward:.4f} | length {length:.1f} | "
+        run.end_step(step, train_loss, dt, reward=reward, completion_len=length, lrm=lrm, grad_norm=grad_norm,
+                     epochs=cursor.epochs)
+        print0(f"step {run.loop.step:05d}/{num_iterations:05d} | reward {reward:.4f} | length {length:.1f} | "
                f"loss {train_loss:.6f} | lrm {lrm:.3f} | grad norm {grad_norm:.3f} | dt {dt * 1000:.0f}ms | "
-               f"eta {format_duration(loop.eta(num_iterations))}")
-        log.record(step, reward=reward, completion_len=length, loss=train_loss, lrm=lrm, grad_norm=grad_norm, dt=dt,
-                   epochs=cursor.epochs)
+               f"eta {format_duration(run.loop.eta(num_iterations))}")
 
-    rewards = [rec["reward"] for _, rec in sorted(read_metrics(out_dir / "metrics.jsonl").items())
+    rewards = [rec["reward"] for _, rec in sorted(read_metrics(run.out_dir / "metrics.jsonl").items())
                if "reward" in rec]
-    summary = {"steps": loop.step, "reward_first": rewards[0] if rewards else None,
-               "reward_last": rewards[-1] if rewards else None, "eval_pass_rate": pass_rate,
-               "training_time": format_duration(loop.training_seconds),
-               "wall_time": format_duration(time.time() - t_start), "epochs": round(cursor.epochs, 4),
-               "checkpoint": str(out_dir)}
-    print0("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-    log_section(SECTION_CHAT_RL, {"source": f"{opts.source}/{tag}", "task": "arithmetic" if opts.offline else "GSM8K",
-                                  "num_iterations": num_iterations, **summary, "stopped_early": stop.signalled})
-    log.finish()
-    compute_cleanup()
-    if stop.signalled:
-        raise SystemExit(STOPPED_EXIT_CODE)
-    return summary
+    return run.finish(SECTION_CHAT_RL, {"source": f"{opts.source}/{tag}", "task": task_name,
+                                        "num_iterations": num_iterations},
+                      {"reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
+                       "eval_pass_rate": pass_rate, "epochs": round(cursor.epochs, 4), "checkpoint": str(run.out_dir)})
