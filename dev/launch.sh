@@ -276,7 +276,10 @@ fields, opts = None, None
 try:
     import dataclasses
     from nanochat.config import ConfigError, format_config, parse
-    Options = importlib.import_module(f"scripts.{script}").Options
+    module = importlib.import_module(f"scripts.{script}")
+    # the options class the script parses: the most derived *Options dataclass it has (some import theirs)
+    found = [v for k, v in vars(module).items() if k.endswith("Options") and dataclasses.is_dataclass(v)]
+    Options = next(c for c in found if not any(o is not c and issubclass(o, c) for o in found))
     fields = {f.name for f in dataclasses.fields(Options)}
 except Exception as e:
     line("WARN", "options", f"scripts.{script} has no options dataclass to check ({type(e).__name__}: {e})")
@@ -299,19 +302,20 @@ if script != "tok_train":
         line("OK", "tokenizer", tok)
     else:
         line("FAIL", "tokenizer", f"none at {tok}: train it with python -m scripts.tok_train (or bash dev/launch.sh tok_train --train)")
-source = getattr(opts, "source", "") if opts is not None else ""
+source = getattr(opts, "source", None) if opts is not None else None
+corpus = getattr(opts, "corpus", None) if opts is not None else None
 try:
     from nanochat.checkpoint import PHASES, checkpoint_dir, latest_step
     if script in ("base_train", "base_loss") and opts is not None:
         from nanochat.dataset import list_shards
         try:
-            train, val = list_shards("train", source or None), list_shards("val", source or None)
+            train, val = list_shards("train", corpus), list_shards("val", corpus)
             line("OK", "data", f"{len(train)} training shards + validation in {train[0].parent}")
         except Exception as e:
             line("FAIL", "data", str(e).splitlines()[0] if str(e) else type(e).__name__)
     need = "base" if script == "base_loss" else (source if isinstance(source, str) and source in PHASES else None)
     if need and opts is not None:
-        tag = getattr(opts, "model_tag", "") or None
+        tag = getattr(opts, "model_tag", None)
         step = latest_step(need, tag)
         if step is None:
             producer = PHASES[need].producer.split(".")[-1]
@@ -396,7 +400,7 @@ cmd_launch() {
   [ "$gpus" -gt 0 ] || defaults+=(--device_type=cpu)
   if [ "$mode" = test ]; then
     defaults+=(--num_iterations=10 --eval_every=5 --eval_tokens=65536 --eval_batches=2 --sample_every=10
-               --eval_tokens=65536 --max_problems=16 --max_problems=16)
+               --max_problems=16)
   else
     defaults+=(--resume=auto)
   fi

@@ -295,7 +295,7 @@ def run_script(args, base, **env):
 @pytest.mark.slow
 def test_script_scores_arc_and_skips_what_is_not_downloaded(offline_base, arc_server):
     proc = run_script(["-i", "sft", "-a", "ARC-Easy|ARC-Challenge|SpellingBee", "--max_problems=3",
-                       "--max_new_tokens=4", "--device_type=cpu", "--batch_size=2"], offline_base,
+                       "--max_new_tokens=4", "--device_type=cpu", "--device_batch_size=2"], offline_base,
                       **{ARC_EASY_ENV: arc_server})
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -322,7 +322,7 @@ def test_main_offline_runs_what_it_has_and_reports_the_rest(offline_base):
     and SpellingBee (generated) run too; the other three are reported, and ChatCORE is None."""
     from scripts.chat_eval import Options, main
 
-    results = main(Options(source="sft", device_type="cpu", max_problems=2, max_new_tokens=8, batch_size=1))
+    results = main(Options(source="sft", device_type="cpu", max_problems=2, max_new_tokens=8, device_batch_size=1))
     fetch = "not available offline: python -m tasks.sources"
     assert results["unavailable"] == {"ARC-Challenge": f"{fetch} --dataset=arc --split=ARC-Challenge/test",
                                       "MMLU": f"{fetch} --dataset=mmlu --split=test",
@@ -354,12 +354,12 @@ def test_bad_options_fail_before_loading_anything():
     from scripts.chat_eval import Options
 
     with pytest.raises(ConfigError, match="unknown task 'ARC' in --tasks"):
-        parse(Options, ["-a", "ARC"], aliases={"-a": "task_name"})
+        parse(Options, ["-a", "ARC"], aliases={"-a": "tasks"})
     with pytest.raises(ConfigError, match="--temperature > 0 for pass@k"):
         parse(Options, ["--num_samples=4"])
     with pytest.raises(ConfigError, match="--source must be one of mid, sft, rl"):
         parse(Options, ["--source=base"])
-    assert Options(task_name="gsm8k | ARC-Easy|gsm8k").task_names() == ["GSM8K", "ARC-Easy"]
+    assert Options(tasks="gsm8k | ARC-Easy|gsm8k").task_names() == ["GSM8K", "ARC-Easy"]
     assert Options().task_names() == list(BASELINES)
 
 

@@ -218,7 +218,7 @@ def test_tokenizer_scripts_write_their_sections(base_dir, tmp_path, monkeypatch)
     corpus.mkdir()
     for i in range(5):
         (corpus / f"doc{i}.txt").write_text(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 20)
-    tok_train.main(tok_train.Options(vocab_size=300, source=str(corpus), num_threads=1))
+    tok_train.main(tok_train.Options(vocab_size=300, corpus=str(corpus), num_threads=1))
     # the large local samples and the downloaded GPT-2/4 encodings are beside the point here
     monkeypatch.setattr(tok_eval, "local_samples", lambda max_chars: {"english": tok_eval.ENGLISH_SAMPLE})
     monkeypatch.setattr(tok_eval, "load_reference_encodings", lambda timeout: ({}, {"gpt2": "offline"}))
@@ -248,7 +248,7 @@ def test_base_loss_writes_its_section(base_dir, tmp_path):
     for i in range(2):
         pq.write_table(pa.table({"text": [f"shard {i} document {j}: some text to score. " * 10 for j in range(8)]}),
                        data / f"shard_{i:05d}.parquet")
-    results = base_loss.main(base_loss.Options(source=str(data), device_batch_size=2, split_tokens=256,
+    results = base_loss.main(base_loss.Options(corpus=str(data), device_batch_size=2, eval_tokens=256,
                                                device_type="cpu", max_new_tokens=2))
     section = json.loads((base_dir / "report" / "04-base-model-loss.json").read_text())["data"]
     assert section["train_bpb"] == pytest.approx(results["train_bpb"]) and section["step"] == 1
