@@ -50,7 +50,7 @@ def test_train_then_eval_on_a_folder(tmp_path):
 
 
 def test_bad_flag_and_missing_tokenizer_fail_with_one_line(tmp_path):
-    bad = run(["scripts.tok_train", "--vocab=100"], tmp_path)
+    bad = run(["scripts.tok_train", "--vocabsize=100"], tmp_path)
     assert bad.returncode == 2 and "did you mean --vocab_size?" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     small = run(["scripts.tok_train", "--vocab_size=100"], tmp_path)
