@@ -348,15 +348,17 @@ resolve_archive() {  # NAME | NAME.tar.gz | PATH | latest -> path
 # cannot leave the tree: relative without '..' (at or below the link's own folder; such links
 # chained stay below too), or absolute into $ART itself (dev/launch.sh --test links its scratch
 # base dir that way). No member may sit under a symlink or appear twice. Modelled on Python's
-# tarfile 'data' filter (PEP 706), checked here because Python before 3.12 lacks it.
+# tarfile 'data' filter (PEP 706), checked here because Python before 3.12 lacks it. A bomb is
+# refused at the header that declares too much, before its data is decompressed.
 # Prints "BYTES ENTRIES" (BYTES: what extraction takes on disk, in 4 KiB blocks) or the reason.
 inspect_members() {  # archive
-  python3 - "$1" "$ART" <<'PY'
+  python3 - "$1" "$ART" "$(wc -c < "$1")" "$RESTORE_MAX_RATIO" "$RESTORE_RATIO_FLOOR" <<'PY'
 import sys
 import tarfile
 import zlib
 
 archive, art = sys.argv[1], sys.argv[2]
+packed, max_ratio, floor = (int(x) for x in sys.argv[3:6])
 BLOCK = 4096
 KINDS = {tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
          tarfile.FIFOTYPE: "a FIFO", tarfile.CONTTYPE: "a contiguous file", tarfile.GNUTYPE_SPARSE: "a sparse file"}
@@ -404,7 +406,7 @@ try:
                 refuse(f"gives {name!r} setuid, setgid or sticky bits (mode {m.mode:o})")
             if m.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
                 if not under_art and name not in ("nanochat_final_report.md", "BACKUP_INFO"):
-                    refuse(f"holds the file {name!r} outside artifacts/")
+                    refuse(f"holds the file {name!r} outside artifacts/ (not a runpod_storage.sh backup)")
                 total += -(-m.size // BLOCK) * BLOCK
             elif m.type == tarfile.DIRTYPE:
                 if parts[0] != "artifacts":
@@ -417,8 +419,11 @@ try:
                 refuse(f"holds {KINDS.get(m.type, f'an entry of type {m.type!r}')} {name!r}")
             seen.add(name)
             total += BLOCK
+            if total > floor and total > max_ratio * packed:
+                refuse(f"unpacks to over {total / 2**30:.1f}GiB from {packed / 2**20:.1f}MiB "
+                       f"(over {max_ratio}x, a decompression bomb?)")
 except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-    refuse(f"cannot be read ({e})")
+    refuse(f"is corrupt or truncated ({e})")
 print(total, len(seen))
 PY
 }
@@ -436,6 +441,10 @@ verify_archive() {  # refuses (exit 1) unless the sha matches, the archive reads
   else
     warn "no $a.sha256 beside the archive: checking that it reads fully instead"
   fi
+  command -v python3 >/dev/null 2>&1 || die "restore needs python3 to check the archive's members: install it; nothing was changed"
+  local checked
+  checked=$(inspect_members "$a") || die "$a ${checked:-could not be inspected}: refusing it; nothing was changed"
+  RESTORE_UNPACKED=${checked%% *}
   listing=$(mktemp "${TMPDIR:-/tmp}/nanochat_listing.XXXXXX")
   CLEANUP+=("$listing")
   tar -tzf "$a" > "$listing" 2>/dev/null || die "$a is corrupt or truncated (it does not read to the end): nothing was changed"
@@ -444,14 +453,6 @@ verify_archive() {  # refuses (exit 1) unless the sha matches, the archive reads
   [ -z "$bad" ] || die "$a is not a runpod_storage.sh backup (it holds '$bad'): nothing was changed"
   if grep -Eq '(^|/)\.\.(/|$)' "$listing"; then die "$a holds paths with '..': refusing it; nothing was changed"; fi
   grep -Eq '^(artifacts/?|nanochat_final_report\.md)$' "$listing" || die "$a holds neither artifacts nor a report: nothing was changed"
-  command -v python3 >/dev/null 2>&1 || die "restore needs python3 to check the archive's members: install it; nothing was changed"
-  local checked packed
-  checked=$(inspect_members "$a") || die "$a ${checked:-could not be inspected}: refusing it; nothing was changed"
-  RESTORE_UNPACKED=${checked%% *}
-  packed=$(wc -c < "$a")
-  if [ "$RESTORE_UNPACKED" -gt "$RESTORE_RATIO_FLOOR" ] && [ "$RESTORE_UNPACKED" -gt $((packed * RESTORE_MAX_RATIO)) ]; then
-    die "$a unpacks to $(human "$RESTORE_UNPACKED") from $(human "$packed") (over ${RESTORE_MAX_RATIO}x, a decompression bomb?): refusing it; nothing was changed"
-  fi
   check_room "nothing was changed"
   ARCHIVE_HAS_DATA=0
   if grep -Eq '^artifacts/(base_data|base_data_[^/]*|chat_data)/?$' "$listing"; then ARCHIVE_HAS_DATA=1; fi
