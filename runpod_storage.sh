@@ -15,6 +15,10 @@
 #   backups/NAME.tar.gz.sha256 its checksum, in `sha256sum -c` format
 # --no-data leaves out the re-downloadable data: base_data/, base_data_*/ (e.g. base_data_ko) and
 # chat_data/. Never archived: checkpoint temp dirs (.step_*: unfinished saves) and *.part downloads.
+# restore checks every member before it changes anything: only files, folders and symlinks that stay
+# inside artifacts/ (no devices, FIFOs, hard links, setuid/setgid/sticky bits, '..' or absolute names),
+# the unpacked size must fit the free space (plus 5% and 64 MiB) and, above 1 GiB, be at most 200x
+# the archive; it never writes through a symlink at the artifacts path. A refusal changes nothing.
 set -euo pipefail
 
 WORKSPACE="${WORKSPACE:-/workspace}"
@@ -29,6 +33,12 @@ REPORT="$WORKSPACE/nanochat_final_report.md"
 PHASE_DIRS=(base_checkpoints mid_checkpoints chatsft_checkpoints chatrl_checkpoints)
 PROG="bash runpod_storage.sh"
 STALE_MIN=60  # temp files untouched this many minutes belong to no running writer
+# restore refuses an archive that unpacks to more than RESTORE_MAX_RATIO times its own size once it
+# unpacks to over RESTORE_RATIO_FLOOR bytes: checkpoints and parquet shards barely compress, while
+# gzip turns 1 GiB of zeros into 1 MB (deflate's ceiling is about 1032:1, RFC 1951 length codes)
+RESTORE_MAX_RATIO=200
+RESTORE_RATIO_FLOOR=$((1 << 30))
+RESTORE_MARGIN=$((64 << 20))  # bytes left free after a restore, on top of 5% of what it unpacks
 
 usage() {
   cat <<EOF
@@ -64,6 +74,11 @@ size_of() {  # bytes used by files/dirs (0 when none exist)
   echo "$total"
 }
 free_bytes() { echo $(( $(df -Pk "$1" | awk 'NR==2 {print $4}') * 1024 )); }
+existing_dir() {  # PATH -> PATH or its nearest ancestor that exists (what df can measure)
+  local d=$1
+  while [ ! -d "$d" ] && [ "$d" != / ]; do d=$(dirname "$d"); done
+  echo "$d"
+}
 mtime() { stat -c %Y "$1" 2>/dev/null || stat -f %m "$1"; }
 timestamp() { date +%Y%m%d_%H%M%S; }
 unused_name() {  # PREFIX -> PREFIX_<timestamp>, with a counter if that backup exists already
@@ -266,7 +281,8 @@ do_backup() {  # name no_data(0|1): writes $BACKUPS/name.tar.gz (+ .sha256), set
   members+=(-C "$info" BACKUP_INFO)
   echo "archiving $ART$([ "$no_data" = 1 ] && echo " (without data shards)")$([ -f "$REPORT" ] && echo " and $REPORT") -> $final"
   local rc=0
-  tar --create --file="$tmp" "${compress[@]}" --index-file="$info/created" --verbose \
+  # --hard-dereference: a hard-linked file is stored as a copy, never as a link restore would refuse
+  tar --create --file="$tmp" "${compress[@]}" --index-file="$info/created" --verbose --hard-dereference \
     --transform='s,^\.,artifacts,S' "${excludes[@]}" "${members[@]}" || rc=$?
   if [ "$rc" = 1 ]; then  # GNU tar: a file changed while it was read (a running run's metrics.jsonl)
     warn "some files changed while being archived (see tar's message above): they may be cut mid-write; checkpoint step folders are complete or absent"
@@ -325,7 +341,95 @@ resolve_archive() {  # NAME | NAME.tar.gz | PATH | latest -> path
   die "no backup named $x in $BACKUPS (have: ${have:-none}); or give the archive's path"
 }
 
+# Every member is checked before anything is extracted, because tar creates whatever an archive
+# describes: a symlink as the top folder (later moves would go through it), links out of the tree,
+# device nodes, FIFOs, setuid files. Allowed: regular files and directories, at artifacts/...,
+# plus the report and BACKUP_INFO as top-level files, and symlinks under artifacts/ whose target
+# cannot leave the tree: relative without '..' (at or below the link's own folder; such links
+# chained stay below too), or absolute into $ART itself (dev/launch.sh --test links its scratch
+# base dir that way). No member may sit under a symlink or appear twice. Modelled on Python's
+# tarfile 'data' filter (PEP 706), checked here because Python before 3.12 lacks it. A bomb is
+# refused at the header that declares too much, before its data is decompressed.
+# Prints "BYTES ENTRIES" (BYTES: what extraction takes on disk, in 4 KiB blocks) or the reason.
+inspect_members() {  # archive
+  python3 - "$1" "$ART" "$(wc -c < "$1")" "$RESTORE_MAX_RATIO" "$RESTORE_RATIO_FLOOR" <<'PY'
+import sys
+import tarfile
+import zlib
+
+archive, art = sys.argv[1], sys.argv[2]
+packed, max_ratio, floor = (int(x) for x in sys.argv[3:6])
+BLOCK = 4096
+KINDS = {tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+         tarfile.FIFOTYPE: "a FIFO", tarfile.CONTTYPE: "a contiguous file", tarfile.GNUTYPE_SPARSE: "a sparse file"}
+
+
+def refuse(reason):
+    print(reason)
+    sys.exit(3)
+
+
+def plain(text):  # no control characters: names must list and print as they are
+    return bool(text) and not any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def parts_of(name):  # a relative member path without '', '.' or '..' components -> its parts
+    parts = name.split("/")
+    if not plain(name) or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        refuse(f"holds the unsafe path {name!r}")
+    return parts
+
+
+def target_stays_inside(target):
+    if not plain(target):
+        return False
+    if target.startswith("/"):
+        if target != art and not target.startswith(art + "/"):
+            return False
+        target = target[len(art):]
+    return ".." not in target.split("/")
+
+
+seen, links, total = set(), set(), 0
+try:
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar:
+            name = m.name.rstrip("/") if m.isdir() else m.name
+            parts = parts_of(name)
+            under_art = parts[0] == "artifacts" and len(parts) > 1
+            if name in seen:
+                refuse(f"holds {name!r} twice")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in links:
+                    refuse(f"holds {name!r} inside the symlink {'/'.join(parts[:i])!r}")
+            if m.mode & 0o7000:
+                refuse(f"gives {name!r} setuid, setgid or sticky bits (mode {m.mode:o})")
+            if m.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                if not under_art and name not in ("nanochat_final_report.md", "BACKUP_INFO"):
+                    refuse(f"holds the file {name!r} outside artifacts/ (not a runpod_storage.sh backup)")
+                total += -(-m.size // BLOCK) * BLOCK
+            elif m.type == tarfile.DIRTYPE:
+                if parts[0] != "artifacts":
+                    refuse(f"holds the folder {name!r} outside artifacts/")
+            elif m.type == tarfile.SYMTYPE:
+                if not under_art or not target_stays_inside(m.linkname):
+                    refuse(f"holds the symlink {name!r} -> {m.linkname!r}, which leaves the artifacts")
+                links.add(name)
+            else:
+                refuse(f"holds {KINDS.get(m.type, f'an entry of type {m.type!r}')} {name!r}")
+            seen.add(name)
+            total += BLOCK
+            if total > floor and total > max_ratio * packed:
+                refuse(f"unpacks to over {total / 2**30:.1f}GiB from {packed / 2**20:.1f}MiB "
+                       f"(over {max_ratio}x, a decompression bomb?)")
+except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+    refuse(f"is corrupt or truncated ({e})")
+print(total, len(seen))
+PY
+}
+
 ARCHIVE_HAS_DATA=0
+RESTORE_UNPACKED=0
 verify_archive() {  # refuses (exit 1) unless the sha matches, the archive reads fully and looks like ours
   local a=$1 listing
   if [ -f "$a.sha256" ]; then
@@ -337,6 +441,10 @@ verify_archive() {  # refuses (exit 1) unless the sha matches, the archive reads
   else
     warn "no $a.sha256 beside the archive: checking that it reads fully instead"
   fi
+  command -v python3 >/dev/null 2>&1 || die "restore needs python3 to check the archive's members: install it; nothing was changed"
+  local checked
+  checked=$(inspect_members "$a") || die "$a ${checked:-could not be inspected}: refusing it; nothing was changed"
+  RESTORE_UNPACKED=${checked%% *}
   listing=$(mktemp "${TMPDIR:-/tmp}/nanochat_listing.XXXXXX")
   CLEANUP+=("$listing")
   tar -tzf "$a" > "$listing" 2>/dev/null || die "$a is corrupt or truncated (it does not read to the end): nothing was changed"
@@ -345,9 +453,20 @@ verify_archive() {  # refuses (exit 1) unless the sha matches, the archive reads
   [ -z "$bad" ] || die "$a is not a runpod_storage.sh backup (it holds '$bad'): nothing was changed"
   if grep -Eq '(^|/)\.\.(/|$)' "$listing"; then die "$a holds paths with '..': refusing it; nothing was changed"; fi
   grep -Eq '^(artifacts/?|nanochat_final_report\.md)$' "$listing" || die "$a holds neither artifacts nor a report: nothing was changed"
+  check_room "nothing was changed"
   ARCHIVE_HAS_DATA=0
   if grep -Eq '^artifacts/(base_data|base_data_[^/]*|chat_data)/?$' "$listing"; then ARCHIVE_HAS_DATA=1; fi
   echo "archive ok ($(wc -l < "$listing") entries)"
+}
+
+check_room() {  # what_happened: refuses unless the unpacked archive fits beside the current artifacts
+  local dir need free
+  dir=$(existing_dir "$(dirname "$ART")")
+  need=$((RESTORE_UNPACKED + RESTORE_UNPACKED / 20 + RESTORE_MARGIN))
+  free=$(free_bytes "$dir")
+  if [ "$need" -gt "$free" ]; then
+    die "the restore unpacks $(human "$RESTORE_UNPACKED") beside the current artifacts and needs $(human "$need") free with a margin, but $dir has $(human "$free"): free space ($PROG cleanup) and rerun; $1"
+  fi
 }
 
 confirm() {  # prompt; refuses without a terminal
@@ -369,6 +488,9 @@ cmd_restore() {
     esac
   done
   [ -n "$target" ] || die "restore needs a backup NAME, an archive PATH, or 'latest' (see: $PROG status)"
+  if [ -L "$ART" ]; then  # moving files in and out through a link would write wherever it points
+    die "$ART is a symlink (to $(readlink "$ART")): restore never writes through one; set NANOCHAT_BASE_DIR to the real folder and rerun; nothing was changed"
+  fi
   local archive
   archive=$(resolve_archive "$target")
   archive=$(cd "$(dirname "$archive")" && pwd)/${archive##*/}
@@ -378,6 +500,7 @@ cmd_restore() {
     die "run $r is running and writes into $ART: stop it first (bash dev/launch.sh stop $r)"
   done
 
+  # -T on every mv below: rename onto that name itself, never into a folder (or a link to one) there
   local have_current=0
   if [ -d "$ART" ] && [ -n "$(ls -A "$ART" 2>/dev/null)" ]; then have_current=1; fi
   [ -f "$REPORT" ] && have_current=1
@@ -389,6 +512,7 @@ cmd_restore() {
     [ "$ARCHIVE_HAS_DATA" = 1 ] && safety_no_data=0
     do_backup "$(unused_name pre_restore)" "$safety_no_data"
     echo "safety backup: $BACKUP_PATH (restore it to undo)"
+    check_room "$ART is unchanged (the safety backup $BACKUP_PATH is kept)"  # the backup took space too
   else
     [ "$yes" = 1 ] || confirm "restore $archive into $ART?"
   fi
@@ -400,30 +524,34 @@ cmd_restore() {
   tmpd=$(mktemp -d "$parent/.nanochat_restore.XXXXXX")
   CLEANUP+=("$tmpd")
   echo "extracting into $tmpd"
-  tar -xzf "$archive" -C "$tmpd" || die "extracting $archive failed (disk full?): $ART is unchanged"
+  # --no-same-owner: as root tar would hand files to whichever uid the archive names
+  tar -xzf "$archive" -C "$tmpd" --no-same-owner || die "extracting $archive failed (disk full?): $ART is unchanged"
   rm -f "$tmpd/BACKUP_INFO"
+  if [ -L "$tmpd/artifacts" ] || [ -L "$tmpd/${REPORT##*/}" ]; then  # inspect_members refused these already
+    die "$archive unpacked a symlink at the top: refusing it; $ART is unchanged"
+  fi
 
   local old="$parent/.${ART##*/}.before_restore.$ts"
   local kept_ok=1 d
   if [ -d "$tmpd/artifacts" ]; then
     if [ -e "$ART" ]; then
-      mv "$ART" "$old" || die "could not move $ART aside to $old: nothing was changed"
+      mv -T "$ART" "$old" || die "could not move $ART aside to $old: nothing was changed"
       RESTORE_OLD=$old
     fi
-    if ! mv "$tmpd/artifacts" "$ART"; then
+    if ! mv -T "$tmpd/artifacts" "$ART"; then
       die "could not move the restored files into $ART"  # on_exit moves the old artifacts back
     fi
   fi
   if [ -n "$RESTORE_OLD" ]; then
     for d in "$old"/base_data "$old"/base_data_* "$old"/chat_data; do
-      [ -d "$d" ] && [ ! -e "$ART/${d##*/}" ] || continue
-      if mv "$d" "$ART/"; then echo "kept ${d##*/}/ (the archive has no copy of it)"; else kept_ok=0; fi
+      [ -d "$d" ] && [ ! -e "$ART/${d##*/}" ] && [ ! -L "$ART/${d##*/}" ] || continue
+      if mv -T "$d" "$ART/${d##*/}"; then echo "kept ${d##*/}/ (the archive has no copy of it)"; else kept_ok=0; fi
     done
   fi
   RESTORE_OLD=""
   if [ -f "$tmpd/${REPORT##*/}" ]; then
     mkdir -p "$WORKSPACE"
-    mv -f "$tmpd/${REPORT##*/}" "$REPORT"
+    mv -fT "$tmpd/${REPORT##*/}" "$REPORT"  # -T: a link at $REPORT is replaced, not followed
   fi
   if [ -e "$old" ]; then
     if [ "$kept_ok" = 1 ]; then rm -rf -- "$old"; else warn "some data dirs could not be moved back: the previous artifacts are kept in $old"; fi

@@ -4,6 +4,17 @@ download_file() streams one file into `<dest>.part`, resumes it with an HTTP Ran
 a cut, retries transient failures with backoff, checks size / sha256 / an optional validator, and
 only then renames it to `<dest>`: a file at its final name is always complete and verified.
 download_many() runs several downloads in a thread pool under one progress bar.
+
+Limits, so a broken or hostile server can neither fill the disk nor hang a run:
+- A body is never read past its size: past `expected_size` when one is given (the attempt fails
+  as a bad file and is retried from scratch), else past `max_bytes`, default 4 GiB, or
+  $NANOCHAT_DOWNLOAD_MAX_BYTES (the download fails at once; a Content-Length above it is refused
+  before any byte is read).
+- An attempt whose average speed stays under `low_speed_limit` bytes/s (default 1024, or
+  $NANOCHAT_DOWNLOAD_LOW_SPEED_LIMIT; 0 turns it off) for `low_speed_time` seconds (default 60, or
+  $NANOCHAT_DOWNLOAD_LOW_SPEED_TIME) is cut and retried like a dropped connection, resuming the
+  `.part` (curl's --speed-limit / --speed-time). `timeout` still bounds each single read, so a
+  silent connection is cut after `timeout` seconds however the speed limit is set.
 """
 
 from __future__ import annotations
@@ -29,6 +40,12 @@ CHUNK_SIZE = 1 << 20  # largest read per call; read1 returns whatever has arrive
 MAX_BACKOFF = 60.0  # s, ceiling of the exponential backoff
 RETRY_AFTER_CAP = 120.0  # s, longest Retry-After honoured, so one odd header cannot stall a run for hours
 USER_AGENT = "nanochat-download/0.1"
+MAX_BYTES = 4 << 30  # cap on a download of unknown size, far above what the pipeline fetches (~100 MB shards)
+LOW_SPEED_LIMIT = 1024  # bytes/s: an attempt slower than this on average ...
+LOW_SPEED_TIME = 60.0  # ... over this many seconds is cut and retried
+MAX_BYTES_ENV = "NANOCHAT_DOWNLOAD_MAX_BYTES"
+LOW_SPEED_LIMIT_ENV = "NANOCHAT_DOWNLOAD_LOW_SPEED_LIMIT"
+LOW_SPEED_TIME_ENV = "NANOCHAT_DOWNLOAD_LOW_SPEED_TIME"
 
 # Failures no retry can fix: fail at once and say what to check.
 _FATAL_HINTS = {
@@ -64,6 +81,13 @@ class _Checks:
     html_ok: bool  # the file itself is a web page, so an HTML body is not an error page
 
 
+@dataclass(frozen=True)
+class _Limits:
+    max_bytes: int  # cap when expected_size is unknown
+    low_speed_limit: float  # bytes/s; 0 = no speed check
+    low_speed_time: float  # s, the window the average speed is measured over
+
+
 def download_file(
     url: str | os.PathLike,
     dest_path: str | os.PathLike,
@@ -76,6 +100,9 @@ def download_file(
     timeout: float = 60,
     progress: Callable[[int, int | None], object] | tqdm | None = None,
     cancel: threading.Event | None = None,
+    max_bytes: int | None = None,
+    low_speed_limit: float | None = None,
+    low_speed_time: float | None = None,
 ) -> Path:
     """Download `url` to `dest_path`, verified, resuming any `<dest>.part` left by an earlier try.
 
@@ -89,6 +116,11 @@ def download_file(
     timeout: seconds for connecting and for each read.
     progress: callable(bytes_done, bytes_total_or_None), or a tqdm bar fed with byte counts.
     cancel: an Event another thread may set to abandon the download; the `.part` stays for later.
+    max_bytes: cap when expected_size is None (None: $NANOCHAT_DOWNLOAD_MAX_BYTES, else 4 GiB);
+        going past it fails at once, leaving nothing.
+    low_speed_limit / low_speed_time: an attempt averaging under low_speed_limit bytes/s over
+        low_speed_time seconds is retried (None: their environment variables, else 1024 and 60;
+        a limit of 0 turns the check off). See the module docstring.
 
     If `dest_path` already exists and passes the checks it is returned without any request
     (with sha256 given that means re-reading it); if it fails them it is deleted and downloaded
@@ -103,6 +135,7 @@ def download_file(
         validate=validate,
         html_ok=dest.suffix.lower() in (".html", ".htm"),
     )
+    limits = _resolve_limits(max_bytes, low_speed_limit, low_speed_time)
     report = _as_reporter(progress)
     source = _local_source(url)
     if dest.exists():
@@ -117,14 +150,14 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     if source is not None:
-        return _copy_local(source, dest, part, checks, report, cancel)
+        return _copy_local(source, dest, part, checks, limits, report, cancel)
 
     last: _Retry | None = None
     for attempt in range(retries + 1):
         if attempt:
             _sleep(_retry_delay(attempt, backoff, last.retry_after), url, cancel)
         try:
-            hasher = _fetch(str(url), part, checks, timeout, report, cancel)
+            hasher = _fetch(str(url), part, checks, limits, timeout, report, cancel)
             _verify(part, checks, hasher)
         except _Retry as e:
             last = e
@@ -236,7 +269,7 @@ def download_many(jobs: Iterable[tuple], *, workers: int = 4, desc: str = "downl
 # ----------------------------------------------------------------------------- internals
 
 
-def _fetch(url: str, part: Path, checks: _Checks, timeout: float, report, cancel):
+def _fetch(url: str, part: Path, checks: _Checks, limits: _Limits, timeout: float, report, cancel):
     """One attempt: append the rest of the file to `part`. Returns the running sha256 (or None)."""
     for _ in range(2):  # the second pass only after throwing away a part the server cannot continue
         have = part.stat().st_size if part.exists() else 0
@@ -278,38 +311,87 @@ def _fetch(url: str, part: Path, checks: _Checks, timeout: float, report, cancel
                 raise _Retry("server sent an HTML page instead of the file (error or login page?)", bad_file=True)
             if checks.expected_size is not None and total is not None and total != checks.expected_size:
                 raise _Retry(f"server reports {total} bytes, expected {checks.expected_size}", bad_file=True)
-            return _stream(url, resp, part, have, total, checks, report, cancel)
+            if checks.expected_size is None and total is not None and total > limits.max_bytes:
+                part.unlink(missing_ok=True)
+                raise DownloadError(f"{url}: server reports {total} bytes, over the {limits.max_bytes}-byte cap "
+                                    f"for files of unknown size; {_CAP_REMEDY}")
+            return _stream(url, resp, part, have, total, checks, limits, report, cancel)
     raise _Retry("server cannot continue the partial file; restarting")
 
 
-def _stream(url: str, resp, part: Path, have: int, total: int | None, checks: _Checks, report, cancel):
+def _stream(url: str, resp, part: Path, have: int, total: int | None, checks: _Checks, limits: _Limits,
+            report, cancel):
     hasher = _hash_prefix(part, have, checks)  # continue the digest over the bytes already on disk
-    done = have
+    limit = checks.expected_size if checks.expected_size is not None else limits.max_bytes
+    speed = _SpeedCheck(limits, have)
+    done, over = have, False
     report(done, total)
     with open(part, "ab" if have else "wb") as f:
         while True:
             if cancel is not None and cancel.is_set():
                 raise DownloadError(f"{url}: cancelled; rerun to resume from {part.name}")
             try:
-                chunk = resp.read1(CHUNK_SIZE)
+                # at the limit, one byte more is asked for: a body that goes on past it shows itself
+                chunk = resp.read1(min(CHUNK_SIZE, max(limit - done, 0)) or 1)
             except _NETWORK_ERRORS as e:
                 raise _Retry(f"connection lost after {done} bytes: {_reason(e)}") from None
             if not chunk:
+                break
+            if done + len(chunk) > limit:
+                over = True  # nothing past the limit is written
                 break
             f.write(chunk)  # a disk error here is not a network error: it propagates, no retry
             if hasher is not None:
                 hasher.update(chunk)
             done += len(chunk)
             report(done, total)
+            speed.check(done)
+    if over and checks.expected_size is not None:
+        raise _Retry(f"server sent more than the expected {limit} bytes", bad_file=True)
+    if over:  # the same server would do it again: no retries, and nothing kept to resume from
+        part.unlink()
+        raise DownloadError(f"{url}: server sent more than {limit} bytes for a file of unknown size; {_CAP_REMEDY}")
     if total is not None and done != total:
         raise _Retry(f"connection closed after {done} of {total} bytes")
     return hasher
 
 
-def _copy_local(src: Path, dest: Path, part: Path, checks: _Checks, report, cancel) -> Path:
+_CAP_REMEDY = (f"check the URL, or if the file really is that big pass expected_size / max_bytes "
+               f"or raise ${MAX_BYTES_ENV}")
+
+
+class _SpeedCheck:
+    """curl's --speed-limit/--speed-time: fail when the average over a window falls below the limit."""
+
+    def __init__(self, limits: _Limits, done: int):
+        self.limits = limits
+        self.start, self.start_bytes = time.monotonic(), done
+
+    def check(self, done: int) -> None:
+        if not self.limits.low_speed_limit:
+            return
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed < self.limits.low_speed_time:
+            return
+        rate = (done - self.start_bytes) / elapsed
+        if rate < self.limits.low_speed_limit:
+            raise _Retry(f"too slow: {rate:.0f} bytes/s over {elapsed:.1f} s after {done} bytes, under the "
+                         f"low-speed limit of {self.limits.low_speed_limit:g} bytes/s (${LOW_SPEED_LIMIT_ENV})")
+        self.start, self.start_bytes = now, done
+
+
+def _copy_local(src: Path, dest: Path, part: Path, checks: _Checks, limits: _Limits, report, cancel) -> Path:
     if not src.is_file():
         raise DownloadError(f"{src}: local source not found; check the path or the mirror directory")
     total = src.stat().st_size
+    # refused before copying, as the same bytes would be after
+    if checks.expected_size is not None and total != checks.expected_size:
+        raise DownloadError(f"{src}: local file failed verification: size is {total} bytes, expected "
+                            f"{checks.expected_size}; replace the mirror copy")
+    if checks.expected_size is None and total > limits.max_bytes:
+        raise DownloadError(f"{src}: local file has {total} bytes, over the {limits.max_bytes}-byte cap for files "
+                            f"of unknown size; {_CAP_REMEDY}")
     hasher = hashlib.sha256() if checks.sha256 else None
     done = 0
     with open(src, "rb") as fin, open(part, "wb") as fout:
@@ -439,6 +521,34 @@ def _sleep(seconds: float, url, cancel: threading.Event | None) -> None:
         time.sleep(seconds)
     elif cancel.wait(seconds):
         raise DownloadError(f"{url}: cancelled; rerun to resume")
+
+
+def _resolve_limits(max_bytes: int | None, low_speed_limit: float | None, low_speed_time: float | None) -> _Limits:
+    """Arguments win, then the environment, then the defaults; read per call so a run can set them."""
+    limits = _Limits(
+        max_bytes=int(_setting(max_bytes, MAX_BYTES_ENV, MAX_BYTES, int)),
+        low_speed_limit=_setting(low_speed_limit, LOW_SPEED_LIMIT_ENV, LOW_SPEED_LIMIT, float),
+        low_speed_time=_setting(low_speed_time, LOW_SPEED_TIME_ENV, LOW_SPEED_TIME, float),
+    )
+    if limits.max_bytes <= 0:
+        raise ValueError(f"max_bytes (or ${MAX_BYTES_ENV}) must be > 0, got {limits.max_bytes}")
+    if limits.low_speed_limit < 0:
+        raise ValueError(f"low_speed_limit (or ${LOW_SPEED_LIMIT_ENV}) must be >= 0 (0 = off), got {limits.low_speed_limit}")
+    if limits.low_speed_time <= 0:
+        raise ValueError(f"low_speed_time (or ${LOW_SPEED_TIME_ENV}) must be > 0 seconds, got {limits.low_speed_time}")
+    return limits
+
+
+def _setting(value, env: str, default, kind):
+    if value is not None:
+        return value
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"${env}={raw!r} is not a number; unset it or give e.g. {default}") from None
 
 
 def _reason(e: BaseException) -> str:

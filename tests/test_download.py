@@ -1,7 +1,8 @@
 """Tests for nanochat.download against a real HTTP server on 127.0.0.1 whose answers each test scripts.
 
 Every test goes through the real download_file / download_many over a socket: cuts, ignored
-ranges, 404s, 5xx and 429 bursts, corrupt and HTML bodies, slow streams and Ctrl-C.
+ranges, 404s, 5xx and 429 bursts, corrupt and HTML bodies, endless bodies, slow and trickling
+streams, and Ctrl-C.
 """
 
 import hashlib
@@ -50,6 +51,7 @@ class Server:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.lock = threading.Lock()
         self.inflight = self.max_inflight = 0
+        self.closed = threading.Event()  # ends endless bodies whose client never hangs up
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +97,16 @@ class Server:
                     self.send_body(data, piece=args[0], delay=args[1])
                 elif kind == "stall":  # send half, then go silent longer than the client's timeout
                     self.send_body(data, limit=len(data) // 2, stall=args[0])
+                elif kind == "endless":  # `data`, then zeros until the client leaves; args[0]: Content-Length
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    if args[0] is not None:  # None: no length, the body would end when the connection closes
+                        self.send_header("Content-Length", str(args[0]))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    junk = bytes(1 << 16)
+                    while not server.closed.is_set():
+                        self.wfile.write(junk)
                 elif kind == "redirect":
                     self.send_response(302)
                     self.send_header("Location", args[0])
@@ -148,6 +160,7 @@ class Server:
         return [rng for p, rng in self.requests if p == path]
 
     def close(self):
+        self.closed.set()
         stop_server(self.httpd)
 
 
@@ -289,6 +302,89 @@ def test_stalled_connection_times_out_and_resumes(server, tmp_path):
     assert hits[0] is None and hits[1] == f"bytes={len(PARQUET) // 2}-"
 
 
+def test_endless_body_is_cut_at_the_expected_size(server, tmp_path):
+    url = server.add("/a.parquet", PARQUET, *[("endless", None)] * 3)  # the right bytes, then more, forever
+    seen = []
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as e:
+        download_file(url, tmp_path / "a.parquet", expected_size=len(PARQUET), retries=2,
+                      progress=lambda done, total: seen.append(done), **FAST)
+    msg = str(e.value)
+    assert f"more than the expected {len(PARQUET)} bytes" in msg and "3 attempts" in msg and "\n" not in msg
+    assert max(seen) == len(PARQUET)  # progress follows each write: nothing past the size reached the disk
+    assert leftovers(tmp_path) == []  # a bad file: not kept to resume from, never at the final name
+    assert len(server.hits("/a.parquet")) == 3
+    assert time.monotonic() - t0 < 10
+
+
+def test_endless_body_of_unknown_size_stops_at_the_cap_at_once(server, tmp_path, monkeypatch):
+    cap = 256 * 1024
+    url = server.add("/a.bin", PARQUET, ("endless", None), ("endless", None))
+    seen = []
+    with pytest.raises(DownloadError) as e:
+        download_file(url, tmp_path / "a.bin", max_bytes=cap, progress=lambda done, total: seen.append(done), **FAST)
+    msg = str(e.value)
+    assert f"more than {cap} bytes" in msg and dl.MAX_BYTES_ENV in msg and "\n" not in msg
+    assert max(seen) <= cap and leftovers(tmp_path) == []
+    assert len(server.hits("/a.bin")) == 1  # the same server would do it again: no retries
+    monkeypatch.setenv(dl.MAX_BYTES_ENV, str(cap))  # the environment sets the same cap
+    with pytest.raises(DownloadError, match=f"more than {cap} bytes"):
+        download_file(url, tmp_path / "a.bin", **FAST)
+    assert leftovers(tmp_path) == []
+
+
+def test_declared_length_over_the_default_cap_is_refused_before_reading(server, tmp_path):
+    url = server.add("/a.bin", PARQUET, ("endless", 10 << 30))
+    seen = []
+    with pytest.raises(DownloadError) as e:
+        download_file(url, tmp_path / "a.bin", progress=lambda done, total: seen.append(done), **FAST)
+    assert f"server reports {10 << 30} bytes, over the {4 << 30}-byte cap" in str(e.value)
+    assert seen == [] and leftovers(tmp_path) == [] and len(server.hits("/a.bin")) == 1
+
+
+def test_body_running_past_its_content_length_is_read_to_the_length_only(server, tmp_path):
+    url = server.add("/a.parquet", PARQUET, ("endless", len(PARQUET)))
+    out = download_file(url, tmp_path / "a.parquet", sha256=SHA, **FAST)
+    assert out.read_bytes() == PARQUET
+    assert len(server.hits("/a.parquet")) == 1
+
+
+def test_trickling_server_is_cut_by_the_low_speed_limit_retried_then_fails(server, tmp_path):
+    url = server.add("/a.parquet", PARQUET, *[("slow", 1, 0.1)] * 3)  # 10 bytes/s, never silent for `timeout`
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as e:
+        download_file(url, tmp_path / "a.parquet", retries=2, low_speed_limit=1000, low_speed_time=0.5, **FAST)
+    msg = str(e.value)
+    assert "too slow" in msg and "3 attempts" in msg and "rerun" in msg and "\n" not in msg
+    assert time.monotonic() - t0 < 10
+    hits = server.hits("/a.parquet")
+    assert len(hits) == 3 and hits[0] is None
+    assert all(h is not None and h != "bytes=0-" for h in hits[1:])  # each retry resumed the part
+    assert leftovers(tmp_path) == ["a.parquet.part"]  # kept for a rerun, never at the final name
+    assert 0 < (tmp_path / "a.parquet.part").stat().st_size < len(PARQUET)
+
+
+def test_slow_attempt_then_good_one_resumes_to_a_verified_file(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(dl.LOW_SPEED_LIMIT_ENV, "1000")  # the environment's limits, as a run would set them
+    monkeypatch.setenv(dl.LOW_SPEED_TIME_ENV, "0.5")
+    url = server.add("/a.parquet", PARQUET, ("slow", 1, 0.1))
+    out = download_file(url, tmp_path / "a.parquet", sha256=SHA, expected_size=len(PARQUET), **FAST)
+    assert out.read_bytes() == PARQUET
+    hits = server.hits("/a.parquet")
+    assert len(hits) == 2 and hits[0] is None and hits[1] not in (None, "bytes=0-")
+    assert leftovers(tmp_path) == ["a.parquet"]
+
+
+@pytest.mark.parametrize("env, value", [(dl.MAX_BYTES_ENV, "4GB"), (dl.LOW_SPEED_TIME_ENV, "0"),
+                                        (dl.LOW_SPEED_LIMIT_ENV, "-1")])
+def test_bad_limit_setting_is_a_one_line_error_before_any_request(server, tmp_path, monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValueError, match=env) as e:
+        download_file(server.add("/a.parquet"), tmp_path / "a.parquet", **FAST)
+    assert "\n" not in str(e.value)
+    assert server.requests == []
+
+
 def test_connection_refused_retried_then_clear_failure(tmp_path):
     s = Server()
     url = s.base + "/a.parquet"
@@ -404,6 +500,10 @@ def test_local_path_and_file_url_sources(tmp_path):
         download_file(src, tmp_path / "out" / "c.parquet", sha256="f" * 64)
     with pytest.raises(DownloadError, match="local source not found"):
         download_file(tmp_path / "nope.parquet", tmp_path / "out" / "d.parquet")
+    with pytest.raises(DownloadError, match="over the 1000-byte cap"):  # refused before any copying
+        download_file(src, tmp_path / "out" / "e.parquet", max_bytes=1000)
+    with pytest.raises(DownloadError, match="size is .* expected 1000"):
+        download_file(src, tmp_path / "out" / "f.parquet", expected_size=1000)
     assert leftovers(tmp_path / "out") == ["a.parquet", "b.parquet"]
 
 

