@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanochat import sandbox_child
-from nanochat.sandbox_child import PROGRAM, _descendants, _signal
+from nanochat.sandbox_child import LEAVE_OUT, PROGRAM, _descendants, _signal
 
 # Modules only the parent needs now and then (subprocess, tempfile, shutil, concurrent.futures) are
 # imported where they are used, so that importing the sandbox costs little.
@@ -81,6 +81,7 @@ STATUSES = ("passed", "failed", "error", "memory", "timeout", "killed")
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 _REPORT_LIMIT = 1 << 16  # bytes kept of the child's report channel
 _DRAIN_GRACE = 1.0  # seconds to collect the last output once the process group is dead
+_SECRET_LIMIT = 1 << 20  # bytes of tests and setup: what a pipe can hold (Linux pipe-max-size)
 
 # The child runs `python -I -c _BOOTSTRAP ROOT CONFIG`: the bootstrap imports nanochat/sandbox_child.py
 # (from its bytecode cache; it needs nothing else of nanochat, so the child's start stays short) and
@@ -90,11 +91,23 @@ _BOOTSTRAP = (f"import sys; sys.path.insert(0, sys.argv[1]); from {sandbox_child
               "_child_main; del sys.path[0]; _child_main(sys.argv[2])")
 
 
+@dataclass(frozen=True)
+class Tests:
+    """Trusted tests to judge a program by: `code` defines check(candidate), which must return for a
+    pass; `entry_point` names the program's function that candidate stands for; `setup` runs before
+    the tests in the judge (HumanEval's prompt: the imports and helpers its tests use)."""
+
+    code: str
+    entry_point: str
+    setup: str = ""
+
+
 @dataclass
 class ExecResult:
-    """What became of one program. status: passed (it ran to its end), failed (an AssertionError: a
-    test said no), error (any other exception, SystemExit included, or an exit before the end),
-    memory (MemoryError), timeout (wall clock or CPU limit), killed (died by a signal: a crash)."""
+    """What became of one program. status: passed (without tests: it ran to its end, on its own
+    word; with tests: the judge's check() returned), failed (an AssertionError: a test said no),
+    error (any other exception, SystemExit included, or an exit before the end), memory
+    (MemoryError), timeout (wall clock or CPU limit), killed (died by a signal: a crash)."""
 
     status: str
     error: str = ""  # one line: the exception, or how the process ended
@@ -111,19 +124,28 @@ class ExecResult:
         self.passed = self.status == "passed"
 
 
-def execute(code: str, *, timeout: float = 5.0, memory_mb: int = 512, max_processes: int = 16,
-            max_file_mb: int = 16, output_limit: int = 16_384, guard: bool = True) -> ExecResult:
+def execute(code: str, *, tests: Tests | None = None, timeout: float = 5.0, memory_mb: int = 512,
+            max_processes: int = 16, max_file_mb: int = 16, disk_mb: int = 64, output_limit: int = 16_384,
+            guard: bool = True, without: Iterable[str] = ()) -> ExecResult:
     """Run `code` as a Python program in a sandboxed child process; see the module docstring.
 
-    max_processes counts tasks (processes and threads) the program may have at once, itself
-    included; max_file_mb caps each file it writes; output_limit the bytes kept of stdout and of stderr.
+    tests: judge the program by them, in a process of its own (the only verdict the program cannot
+    forge); without them the program passes when it runs to its end. max_processes counts tasks
+    (processes and threads) the program may have at once, itself included; max_file_mb caps each file
+    it writes, disk_mb all it has written at once (where the disk-quota layer applies); output_limit
+    the bytes kept of stdout and of stderr. without: layers to leave out ("netns", "mntns",
+    "landlock"), to see what the others do alone.
     """
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"execute: timeout must be a positive number of seconds, got {timeout!r}")
     for name, value in (("memory_mb", memory_mb), ("max_processes", max_processes),
-                        ("max_file_mb", max_file_mb), ("output_limit", output_limit)):
+                        ("max_file_mb", max_file_mb), ("disk_mb", disk_mb), ("output_limit", output_limit)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"execute: {name} must be a positive integer, got {value!r}")
+    without = tuple(without)
+    if any(layer not in LEAVE_OUT for layer in without):
+        raise ValueError(f"execute: without takes layers among {LEAVE_OUT}, got {without!r}")
+    secret = _secret(tests)
     import subprocess
     import tempfile
 
@@ -137,15 +159,19 @@ def execute(code: str, *, timeout: float = 5.0, memory_mb: int = 512, max_proces
         (workdir / PROGRAM).write_text(code, encoding="utf-8")
         config = {"workdir": str(workdir), "report_fd": report_w, "parent": os.getpid(), "timeout": timeout,
                   "memory_mb": memory_mb, "max_processes": max_processes, "max_file_mb": max_file_mb,
-                  "guard": guard, "cgroup": str(cgroup) if cgroup else None}
+                  "disk_mb": disk_mb, "guard": guard, "cgroup": str(cgroup) if cgroup else None,
+                  "without": without, "entry_point": tests.entry_point if tests else None}
         start = time.monotonic()
         # no preexec_fn: it is unsafe in a threaded parent (execute_many); the child confines itself
         proc = subprocess.Popen(
             [sys.executable, "-I", "-B", "-X", "utf8", "-c", _BOOTSTRAP, _IMPORT_ROOT, json.dumps(config)],
-            cwd=workdir, env=_child_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, pass_fds=(report_w,), start_new_session=True, umask=0o077)
+            cwd=workdir, env=_child_env(workdir), stdin=subprocess.PIPE if secret else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(report_w,), start_new_session=True,
+            umask=0o077)
         os.close(report_w)
         report_w = -1
+        if secret is not None:
+            _send_secret(proc.stdin, secret[1])
         assert proc.stdout is not None and proc.stderr is not None
         drain = _Drain({proc.stdout.fileno(): output_limit, proc.stderr.fileno(): output_limit,
                         report_r: _REPORT_LIMIT})
@@ -157,7 +183,8 @@ def execute(code: str, *, timeout: float = 5.0, memory_mb: int = 512, max_proces
         _kill_all(proc.pid, cgroup, leader_alive=timed_out)
         proc.wait()
         drain.finish(time.monotonic() + _DRAIN_GRACE)
-        return _result(_parse_report(drain.tail(report_r)), proc, timed_out, timeout, duration,
+        return _result(_parse_report(drain.tail(report_r), secret[0] if secret else None), proc, timed_out,
+                       timeout, duration,
                        drain.tail(proc.stdout.fileno()), drain.tail(proc.stderr.fileno()))
     finally:
         if proc is not None and proc.returncode is None:  # interrupted (e.g. KeyboardInterrupt)
@@ -178,22 +205,58 @@ def execute(code: str, *, timeout: float = 5.0, memory_mb: int = 512, max_proces
         _remove_tree(workdir)
 
 
-def execute_many(codes: Iterable[str], *, workers: int | None = None, **limits) -> list[ExecResult]:
-    """execute() each program, `workers` at a time (default: the CPU count, at most 8); results in
-    the order of `codes`. Threads suffice: each one only waits on its child process."""
+def execute_many(codes: Iterable[str], *, tests: Iterable[Tests | None] | None = None,
+                 workers: int | None = None, **limits) -> list[ExecResult]:
+    """execute() each program (with the tests at the same place in `tests`, if given), `workers` at a
+    time (default: the CPU count, at most 8); results in the order of `codes`. Threads suffice: each
+    one only waits on its child process."""
     codes = list(codes)
+    judged = list(tests) if tests is not None else [None] * len(codes)
+    if len(judged) != len(codes):
+        raise ValueError(f"execute_many: {len(codes)} programs but {len(judged)} tests")
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"execute_many: workers must be >= 1, got {workers}")
+    jobs = list(zip(codes, judged))
     if workers == 1 or len(codes) <= 1:
-        return [execute(code, **limits) for code in codes]
+        return [execute(code, tests=t, **limits) for code, t in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="execute") as pool:
-        return list(pool.map(lambda code: execute(code, **limits), codes))
+        return list(pool.map(lambda job: execute(job[0], tests=job[1], **limits), jobs))
 
 
 # ---- parent side
+
+
+def _secret(tests: Tests | None) -> tuple[str, bytes] | None:
+    """(nonce, what the judge reads from its stdin) for a run with tests: the nonce, fresh for each
+    run, marks the judge's verdict; the tests travel by a pipe, never by argv (which /proc shows
+    to every process) nor by a file (which the program could read or change)."""
+    if tests is None:
+        return None
+    if not (isinstance(tests.entry_point, str) and tests.entry_point.isidentifier()):
+        raise ValueError(f"execute: tests.entry_point must be a Python name, got {tests.entry_point!r}")
+    import secrets
+
+    nonce = secrets.token_hex(16)
+    data = json.dumps({"nonce": nonce, "tests": tests.code, "setup": tests.setup}).encode()
+    if len(data) > _SECRET_LIMIT:
+        raise ValueError(f"execute: tests and setup take {len(data)} bytes, over the limit of {_SECRET_LIMIT}")
+    return nonce, data
+
+
+def _send_secret(stdin, data: bytes) -> None:
+    """Hand the judge its tests and nonce, all at once: the pipe is made big enough to hold them, so
+    that this never waits on the child (which reads them only once the program's process is apart)."""
+    with contextlib.suppress(OSError):  # a child that died early: its result says so
+        if len(data) > 1 << 16:
+            import fcntl
+
+            fcntl.fcntl(stdin.fileno(), fcntl.F_SETPIPE_SZ, len(data))
+        stdin.write(data)
+    with contextlib.suppress(OSError):
+        stdin.close()
 
 
 def _child_env(workdir: Path) -> dict[str, str]:
@@ -381,13 +444,28 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _parse_report(data: bytes) -> dict:
-    report: dict = {}
+def _parse_report(data: bytes, nonce: str | None) -> dict:
+    """The child's report. Without tests: the first isolation and the first status line (the first
+    is written before the program runs; the program may write more, but its verdict is its own word
+    anyway). With tests: the judge's line that carries the run's nonce; a line without it may say
+    how the run failed (a setup error), never that it passed."""
+    items = []
     for line in data.splitlines():
         with contextlib.suppress(ValueError):
             item = json.loads(line)
             if isinstance(item, dict):
-                report.update(item)
+                items.append(item)
+    if nonce is not None:
+        for item in items:
+            if item.get("nonce") == nonce:
+                return item
+        return next(({"status": item["status"], "error": item.get("error", "")} for item in items
+                     if item.get("status") in STATUSES and item["status"] != "passed"), {})
+    report: dict = {}
+    for item in items:
+        for key in ("isolation", "status", "error"):
+            if key in item and ("status" if key == "error" else key) not in report:
+                report[key] = item[key]
     return report
 
 
