@@ -97,6 +97,8 @@ class Tests:
     pass; `entry_point` names the program's function that candidate stands for; `setup` runs before
     the tests in the judge (HumanEval's prompt: the imports and helpers its tests use)."""
 
+    __test__ = False  # not a test class, for pytest, though its name says Tests
+
     code: str
     entry_point: str
     setup: str = ""
@@ -463,9 +465,10 @@ def _parse_report(data: bytes, nonce: str | None) -> dict:
                      if item.get("status") in STATUSES and item["status"] != "passed"), {})
     report: dict = {}
     for item in items:
-        for key in ("isolation", "status", "error"):
-            if key in item and ("status" if key == "error" else key) not in report:
-                report[key] = item[key]
+        if "isolation" in item and "isolation" not in report:
+            report["isolation"] = item["isolation"]
+        if "status" in item and "status" not in report:
+            report["status"], report["error"] = item["status"], item.get("error", "")
     return report
 
 
