@@ -525,7 +525,9 @@ def _parse_report(data: bytes, nonce: str | None) -> dict:
 def _result(report: dict, proc, timed_out: bool, timeout: float, duration: float,
             stdout: bytes, stderr: bytes) -> ExecResult:
     rc = proc.returncode
-    if report.get("status") in STATUSES:  # the program reached its end before any kill
+    # after a timeout only a pass counts: any other report may be the judge's (or the program's)
+    # account of the kill that the timeout sent to the program's processes
+    if report.get("status") in STATUSES and (report["status"] == "passed" or not timed_out):
         status, error = report["status"], str(report.get("error", ""))
     elif timed_out:
         status, error = "timeout", f"still running after {timeout:g} s"
