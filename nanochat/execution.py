@@ -66,8 +66,14 @@ What each run gets (the names in ExecResult.isolation, in the order the child ap
   delete, rename or link outside the temporary directory (and /dev/null), truncation too from ABI 3.
   "landlock-tcp" (ABI 4): connect() and bind() on TCP sockets are refused; that is all it covers:
   TCP Fast Open's sendto and MPTCP sockets get through it (measured on Linux 6.18), so without
-  "netns" the network is open but for plain TCP connect. "landlock-scope" (ABI 6): no signals and
-  no abstract unix sockets aimed at processes outside the sandbox (the code cannot kill its parent).
+  "netns" and "seccomp" the network is open but for plain TCP connect. "landlock-scope" (ABI 6): no
+  signals and no abstract unix sockets aimed at processes outside the sandbox (the code cannot kill
+  its parent).
+- "seccomp" (x86_64 and aarch64): a filter that refuses socket() for every family and
+  io_uring_setup() (socketpair() stays): no socket of any kind, unix sockets bound to a path
+  included (tested, each alone and together with netns: TCP, TCP Fast Open, MPTCP and UDP to
+  127.0.0.1, abstract and path-bound unix sockets: nothing arrives). Other ABIs' system calls (i386's
+  int 0x80, x32) are refused whole.
 - "no-capabilities": no_new_privs always; as root or in a user namespace every capability is dropped
   (bounding set included), so no limit, mount or namespace can be undone.
 - "guard" (on by default, `guard=False` turns it off): an audit hook (PEP 578) that makes writes
@@ -81,17 +87,17 @@ What each run gets (the names in ExecResult.isolation, in the order the child ap
   the parent sends SIGKILL to the process group, to the cgroup, and on a timeout to the process tree.
   Output is drained while the child runs and only the last `output_limit` bytes of each stream are
   kept, so no output, hang or crash of the child can stall the parent.
-`without=("netns", "mntns", "landlock")` leaves layers out, to see what the others do alone; a
+`without=("netns", "mntns", "landlock", "seccomp")` leaves layers out, to see what the others do alone; a
 layer the kernel does not offer is left out and not listed. Cost: about the same as before the
 namespaces and the judge (~0.1 s a program on a loaded 2-core machine; see the tests' timings).
 
 What it does NOT isolate:
 - reading: the code can read every file its user can (the repository, tokens under ~/.cache or
   ~/.config, the benchmark's own answers, /proc of other processes); only writes are confined.
-- unix sockets bound to a path (a docker.sock, say) stay reachable: a network namespace does not
-  cover the file system, and Landlock does not cover connect() on them.
-- the kernel: no seccomp filter, no pid namespace, no cgroup memory limit; the code sees the whole
-  syscall table and the real process list.
+- without "seccomp" (other architectures), unix sockets bound to a path (a docker.sock, say) stay
+  reachable: a network namespace does not cover the file system, nor Landlock connect() on them.
+- the kernel: the seccomp filter refuses socket() and io_uring_setup() only; no pid namespace, no
+  cgroup memory limit; the code sees the rest of the syscall table and the real process list.
 - totals: rlimits are per process, so max_processes processes may use max_processes x memory_mb
   and as much CPU time each; the tmpfs is memory on top of that. Without "disk-quota" the total
   written is not bounded (only each file, by max_file_mb). Without a pids cgroup or RLIMIT_NPROC

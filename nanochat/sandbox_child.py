@@ -499,7 +499,14 @@ _LANDLOCK_WRITE_FILE, _LANDLOCK_TRUNCATE = 1 << 1, 1 << 14
 _LANDLOCK_FS_WRITES = [(1 << b, 1) for b in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12)] + [(1 << 13, 2), (1 << 14, 3)]
 _LANDLOCK_NET_TCP = 0b11  # BIND_TCP | CONNECT_TCP, ABI 4
 _LANDLOCK_SCOPES = 0b11  # ABSTRACT_UNIX_SOCKET | SIGNAL, ABI 6
-LEAVE_OUT = ("netns", "mntns", "landlock")  # layers a caller may leave out, to see the others alone
+# seccomp (linux/seccomp.h, linux/filter.h, linux/audit.h): per architecture the AUDIT_ARCH value and
+# the number of socket(); io_uring_setup is 425 on both
+_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
+_NR_IO_URING_SETUP, _X32_SYSCALL_BIT = 425, 0x40000000
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+LEAVE_OUT = ("netns", "mntns", "landlock", "seccomp")  # layers a caller may leave out, to see the others alone
 
 
 def _confine(config: dict, source: str) -> list[str]:
@@ -530,6 +537,8 @@ def _confine(config: dict, source: str) -> list[str]:
         _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1)  # Landlock needs it; exec of setuid files gains nothing
         if "landlock" not in config["without"]:
             layers += _landlock(libc, config["workdir"])
+        if "seccomp" not in config["without"]:
+            layers += _seccomp(libc)
         if root or "userns" in layers:  # a user namespace gives every capability inside it
             _drop_capabilities(libc)
             layers.append("no-capabilities")
@@ -655,6 +664,45 @@ def _landlock(libc, workdir: str) -> list[str]:
     finally:
         os.close(ruleset)
     return ["landlock-fs"] + ["landlock-tcp"] * (abi >= 4) + ["landlock-scope"] * (abi >= 6)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _seccomp(libc) -> list[str]:
+    """A seccomp filter that refuses socket() for every family (socketpair() stays, for pipes between
+    processes) and io_uring_setup() (whose rings can open sockets too): no TCP, UDP, MPTCP, raw,
+    netlink or unix socket, path-bound or abstract. [] on an architecture not in the table."""
+    arch = _SECCOMP_ARCHES.get(os.uname().machine)
+    if arch is None:
+        return []
+    audit_arch, nr_socket = arch
+    refuse = _SECCOMP_RET_ERRNO | 13  # EACCES, as Landlock answers
+    program = [  # (code, jump if true, jump if false, k); jumps count from the next instruction
+        (_BPF_LD_W_ABS, 0, 0, 4),  # 0: seccomp_data.arch
+        (_BPF_JEQ_K, 1, 0, audit_arch),  # 1: ours: on at 3
+        (_BPF_RET_K, 0, 0, refuse),  # 2: another ABI (i386's int 0x80 on x86_64): refused whole
+        (_BPF_LD_W_ABS, 0, 0, 0),  # 3: seccomp_data.nr
+        (_BPF_JGE_K, 2, 0, _X32_SYSCALL_BIT),  # 4: x32 numbers: refused
+        (_BPF_JEQ_K, 1, 0, nr_socket),  # 5: socket(): refused
+        (_BPF_JEQ_K, 0, 1, _NR_IO_URING_SETUP),  # 6: io_uring_setup(): refused, else allowed
+        (_BPF_RET_K, 0, 0, refuse),  # 7
+        (_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),  # 8
+    ]
+    filters = (_SockFilter * len(program))(*(_SockFilter(*instruction) for instruction in program))
+    fprog = _SockFprog(len(program), filters)
+    if libc.prctl(ctypes.c_int(_PR_SET_SECCOMP), ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        err = ctypes.get_errno()
+        if err == 22:  # EINVAL: a kernel built without seccomp filters
+            return []
+        raise OSError(err, f"seccomp: {os.strerror(err)}")
+    return ["seccomp"]
 
 
 def _drop_capabilities(libc) -> None:

@@ -89,8 +89,10 @@ def test_layers_match_the_machine(layers):
     assert with_tests.passed and with_tests.isolation[-1] == "judge"
     extra = {"judge", "landlock-judge"} if "landlock-scope" in layers else {"judge"}
     assert set(with_tests.isolation) - set(layers) == extra
+    seccomp_here = os.uname().machine in ("x86_64", "aarch64") and "Seccomp:" in Path("/proc/self/status").read_text()
+    assert ("seccomp" in layers) == seccomp_here
     for left_out, gone in (("netns", {"netns"}), ("mntns", {"disk-quota", "read-only-mounts"}),
-                           ("landlock", {"landlock-fs", "landlock-tcp", "landlock-scope"})):
+                           ("landlock", {"landlock-fs", "landlock-tcp", "landlock-scope"}), ("seccomp", {"seccomp"})):
         fewer = execute("pass", guard=False, without=(left_out,)).isolation
         assert set(fewer) == set(layers) - gone, (left_out, fewer)  # what is left out is not claimed
 
@@ -416,51 +418,90 @@ def listeners():
         udp.close()
 
 
-def test_no_network_in_the_namespace(layers, listeners):
+@pytest.mark.parametrize("alone, without, answers", [
+    ("netns", ("landlock", "seccomp"), {"ENETUNREACH"}),  # the loopback is down
+    ("seccomp", ("netns", "landlock"), {"EACCES"}),  # socket() itself is refused
+    (None, (), {"ENETUNREACH", "EACCES"}),  # every layer: the first to refuse answers
+])
+def test_no_network(layers, listeners, alone, without, answers):
     # TCP, TCP Fast Open, MPTCP and UDP to real listeners on the host's 127.0.0.1: nothing arrives
-    need(layers, "netns")
+    need(layers, alone or "netns")
     server, udp, port, udp_port = listeners
     code = NETWORK_ATTEMPTS.replace("UDP_PORT", str(udp_port)).replace("PORT", str(port))
-    r = execute(code, guard=False)
-    assert r.passed and "netns" in r.isolation, r
+    r = execute(code, guard=False, without=without)
+    assert r.passed and (alone is None or alone in r.isolation), r
     results = json.loads(r.stdout)
-    # each fails: the loopback is down (ENETUNREACH), or Landlock refused the TCP connect first (EACCES)
-    assert set(results.values()) <= {"ENETUNREACH", "EACCES"}, results
+    assert set(results.values()) <= answers and len(results) == 4, results
     assert delivered(server, udp, port, udp_port) == []
 
 
-def test_without_a_namespace_tcp_connect_is_still_refused(layers, listeners):
-    # the fallback: Landlock refuses connect() on TCP sockets, and the result does not claim netns
+def test_landlock_alone_refuses_tcp_connect(layers, listeners):
+    # the last fallback: Landlock refuses connect() on TCP sockets, and the result claims no more
     need(layers, "landlock-tcp")
     server, udp, port, udp_port = listeners
     code = NETWORK_ATTEMPTS.replace("UDP_PORT", str(udp_port)).replace("PORT", str(port))
-    r = execute(code, guard=False, without=("netns",))
-    assert r.passed and "netns" not in r.isolation, r
+    r = execute(code, guard=False, without=("netns", "seccomp"))
+    assert r.passed and "netns" not in r.isolation and "seccomp" not in r.isolation, r
     assert json.loads(r.stdout)["tcp"] == "EACCES"
     assert b"tcp" not in delivered(server, udp, port, udp_port)
 
 
-@pytest.mark.parametrize("without", [("landlock",), ("netns",)])
-def test_abstract_unix_sockets_of_the_host_are_out_of_reach(layers, without):
-    # a network namespace has its own abstract socket names; Landlock's scope refuses them too
-    need(layers, "netns" if without == ("landlock",) else "landlock-scope")
+UNIX_ATTEMPT = """
+import errno, socket
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect({address!r})
+    s.sendall(b"in")
+    print("sent")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+def first_unix_message(server: socket.socket, address: str) -> bytes:
+    """The first message a unix listener got, after a marker sent once the program has ended."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as marker:
+        marker.connect(address)
+        marker.sendall(b"marker")
+    server.settimeout(5)
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(5)
+        return conn.recv(10)
+
+
+@pytest.mark.parametrize("alone, without, answer", [
+    ("netns", ("landlock", "seccomp"), "ECONNREFUSED"),  # a namespace has abstract names of its own
+    ("landlock-scope", ("netns", "seccomp"), "EPERM"),
+    ("seccomp", ("netns", "landlock"), "EACCES"),
+])
+def test_abstract_unix_sockets_of_the_host_are_out_of_reach(layers, alone, without, answer):
+    need(layers, alone)
     name = f"\0nanochat-test-{os.getpid()}"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(name)
     server.listen(4)
     try:
-        code = (f"import errno, socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\ntry:\n"
-                f"    s.connect({name!r})\n    s.sendall(b'in')\n    print('sent')\nexcept OSError as e:\n"
-                f"    print(errno.errorcode[e.errno])\n")
-        r = execute(code, guard=False, without=without)
-        assert r.passed and r.stdout.strip() in ("ECONNREFUSED", "EPERM"), r
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as marker:
-            marker.connect(name)
-            marker.sendall(b"marker")
-        server.settimeout(5)
-        conn, _ = server.accept()
-        with conn:
-            assert conn.recv(10) == b"marker"  # nothing of the program's came first
+        r = execute(UNIX_ATTEMPT.format(address=name), guard=False, without=without)
+        assert r.passed and r.stdout.strip() == answer, r
+        assert first_unix_message(server, name) == b"marker"  # nothing of the program's came first
+    finally:
+        server.close()
+
+
+def test_path_bound_unix_sockets_are_out_of_reach(layers, tmp_path):
+    # a network namespace does not cover sockets in the file system: only the seccomp filter does
+    need(layers, "seccomp")
+    path = str(tmp_path / "service.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    os.chmod(tmp_path, 0o777)
+    os.chmod(path, 0o777)
+    try:
+        r = execute(UNIX_ATTEMPT.format(address=path), guard=False)
+        assert r.passed and r.stdout.strip() == "EACCES", r
+        assert first_unix_message(server, path) == b"marker"
     finally:
         server.close()
 
