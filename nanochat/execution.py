@@ -200,6 +200,9 @@ def execute(code: str, *, tests: Tests | None = None, timeout: float = 5.0, memo
                         ("max_file_mb", max_file_mb), ("disk_mb", disk_mb), ("output_limit", output_limit)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"execute: {name} must be a positive integer, got {value!r}")
+    if tests is not None and max_processes < 2:
+        raise ValueError(f"execute: max_processes must be >= 2 with tests (the judge and the program), "
+                         f"got {max_processes}")
     without = tuple(without)
     if any(layer not in LEAVE_OUT for layer in without):
         raise ValueError(f"execute: without takes layers among {LEAVE_OUT}, got {without!r}")

@@ -7,8 +7,9 @@ sys.path again and calls `_child_main(CONFIG)`, which
 - confines the process (`_confine`): joins the pids cgroup, dies with its parent, becomes a
   subreaper, enters namespaces of its own (`_namespaces`: no network; every mount read-only but a
   size-limited tmpfs on the temporary directory), sets the rlimits (and RLIMIT_NPROC),
-  no_new_privs, Landlock (`_landlock`), and drops every capability; when any step that the kernel
-  offers fails, the program does not run;
+  no_new_privs, Landlock (`_landlock`), a seccomp filter on socket() (`_seccomp`), and drops every
+  capability; a layer the kernel does not offer is left out (and not reported), and when a step
+  it does offer fails, the program does not run;
 - without tests (`_run_plain`): installs the audit-hook guard (`_install_guard`), runs program.py as
   a clean `__main__` in this same process and reports how it ended, as JSON lines on the report
   pipe the parent reads. The program can write on that pipe too: its verdict is its own word;

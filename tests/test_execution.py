@@ -152,7 +152,8 @@ def test_only_the_leader_reports(layers):
 def test_bad_limits_are_refused():
     for kwargs in ({"timeout": 0}, {"timeout": float("nan")}, {"memory_mb": 0}, {"max_processes": 1.5},
                    {"output_limit": -1}, {"disk_mb": 0}, {"without": ("guard",)},
-                   {"tests": Tests("", "not a name")}, {"tests": Tests("#" * (1 << 21), "f")}):
+                   {"tests": Tests("", "not a name")}, {"tests": Tests("#" * (1 << 21), "f")},
+                   {"max_processes": 1, "tests": Tests("", "f")}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             execute("pass", **kwargs)
     with pytest.raises(ValueError, match="workers"):
@@ -704,6 +705,14 @@ def test_a_failing_program_cannot_forge_a_pass(attack):
     code = WRONG + ATTACKS[attack]
     r = execute(code, tests=SQUARE_TESTS, guard=False)
     assert not r.passed and r.status in ("failed", "error"), (attack, r)
+
+
+def test_without_tests_the_isolation_report_cannot_be_forged():
+    # a program without tests speaks for its own verdict, but the layers are reported before it runs
+    code = ("import os\nfor fd in range(3, 64):\n    try:\n"
+            "        os.write(fd, b'{\"isolation\": [\"everything\"]}\\n')\n    except OSError:\n        pass\n")
+    r = execute(code, guard=False)
+    assert r.passed and "everything" not in r.isolation and "rlimits" in r.isolation, r
 
 
 def test_a_pass_needs_the_runs_nonce():
