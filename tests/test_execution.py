@@ -681,6 +681,19 @@ def square(x):
         pass
     return x + x
 """,
+    "stealing the judge's descriptors": f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(os.getppid())
+for target in range(64):
+    fd = libc.syscall(438, pidfd, target, 0)  # pidfd_getfd: needs the right to trace the judge
+    if fd >= 0:
+        try:
+            os.write(fd, {FORGED!r}.encode())
+        except OSError:
+            pass
+os._exit(0)
+""",
     "garbage on the answer pipe": """
 import os, threading
 def square(x):
