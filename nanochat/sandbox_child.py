@@ -507,12 +507,12 @@ _NR_IO_URING_SETUP, _X32_SYSCALL_BIT = 425, 0x40000000
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
 _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
-LEAVE_OUT = ("netns", "mntns", "landlock", "seccomp")  # layers a caller may leave out, to see the others alone
+LEAVE_OUT = ("netns", "mntns", "landlock", "seccomp")  # layers a caller may leave out, to see the rest alone
 
 
 def _confine(config: dict, source: str) -> list[str]:
     """Put this process in its sandbox; return the layers in place."""
-    linux = sys.platform.startswith("linux")  # prctl, namespaces, Landlock, capabilities and /proc are Linux's
+    linux = sys.platform.startswith("linux")  # prctl, namespaces, Landlock, capabilities, /proc: Linux's
     libc = ctypes.CDLL(None, use_errno=True)
     root = os.geteuid() == 0
     layers = []
@@ -550,7 +550,8 @@ def _namespaces(libc, config: dict, source: str, root: bool) -> list[str]:
     """Enter a network namespace (no interface but a loopback that is down) and a mount namespace
     (every mount read-only but a tmpfs of disk_mb on the directory), as far as the kernel lets us:
     as root directly, else inside a user namespace. [] where it lets us do neither."""
-    flags = (_CLONE_NEWNET * ("netns" not in config["without"])) | (_CLONE_NEWNS * ("mntns" not in config["without"]))
+    without = config["without"]
+    flags = (_CLONE_NEWNET * ("netns" not in without)) | (_CLONE_NEWNS * ("mntns" not in without))
     if not flags:
         return []
     layers = []
@@ -578,8 +579,8 @@ def _mount(libc, source: bytes | None, target: bytes, fstype: bytes | None, flag
 
 
 class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
-                ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 def _private_mounts(libc, config: dict, source: str) -> list[str]:
@@ -668,7 +669,8 @@ def _landlock(libc, workdir: str) -> list[str]:
 
 
 class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
 
 
 class _SockFprog(ctypes.Structure):

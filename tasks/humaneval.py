@@ -129,4 +129,5 @@ def build_tests(conversation: dict) -> Tests:
     """The problem's tests, run by the judge: its check(candidate) calls the program's entry point.
     The prompt runs first there too, for the helpers the tests call (encode_cyclic before
     decode_cyclic's tests)."""
-    return Tests(code=conversation["test"], entry_point=conversation["entry_point"], setup=conversation["prompt"])
+    return Tests(code=conversation["test"], entry_point=conversation["entry_point"],
+                 setup=conversation["prompt"])

@@ -89,10 +89,12 @@ def test_layers_match_the_machine(layers):
     assert with_tests.passed and with_tests.isolation[-1] == "judge"
     extra = {"judge", "landlock-judge"} if "landlock-scope" in layers else {"judge"}
     assert set(with_tests.isolation) - set(layers) == extra
-    seccomp_here = os.uname().machine in ("x86_64", "aarch64") and "Seccomp:" in Path("/proc/self/status").read_text()
+    status = Path("/proc/self/status").read_text()
+    seccomp_here = os.uname().machine in ("x86_64", "aarch64") and "Seccomp:" in status
     assert ("seccomp" in layers) == seccomp_here
     for left_out, gone in (("netns", {"netns"}), ("mntns", {"disk-quota", "read-only-mounts"}),
-                           ("landlock", {"landlock-fs", "landlock-tcp", "landlock-scope"}), ("seccomp", {"seccomp"})):
+                           ("landlock", {"landlock-fs", "landlock-tcp", "landlock-scope"}),
+                           ("seccomp", {"seccomp"})):
         fewer = execute("pass", guard=False, without=(left_out,)).isolation
         assert set(fewer) == set(layers) - gone, (left_out, fewer)  # what is left out is not claimed
 
@@ -319,7 +321,8 @@ for name, attempt in attempts.items():
     try:
         attempt()
     except OSError as e:
-        refused[name] = str(e) if isinstance(e, PermissionError) and "sandbox:" in str(e) else errno.errorcode[e.errno]
+        guarded = isinstance(e, PermissionError) and "sandbox:" in str(e)
+        refused[name] = str(e) if guarded else errno.errorcode[e.errno]
 print(json.dumps(refused))
 open("inside_ok.txt", "w").write("fine")  # inside, everything still works
 os.mkdir("sub"); os.rename("inside_ok.txt", "sub/moved.txt"); os.remove("sub/moved.txt")
@@ -533,7 +536,8 @@ def test_without_cap_sys_admin_a_user_namespace_gives_the_same(listeners):
                           str(port), str(udp_port), NETWORK_ATTEMPTS], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert run.returncode == 0, run.stderr
-    (net_status, net_out, net_layers), (_, disk_out, _), (judged_status, _, judged_layers) = json.loads(run.stdout)
+    (net_status, net_out, net_layers), disk, judged = json.loads(run.stdout)
+    disk_out, (judged_status, judged_layers) = disk[1], judged[::2]
     if "userns" not in net_layers:
         pytest.skip(f"this kernel gives no user namespace to a process without CAP_SYS_ADMIN ({net_layers})")
     assert {"netns", "disk-quota", "no-capabilities"} <= set(net_layers), net_layers
@@ -723,7 +727,8 @@ def test_a_failing_program_cannot_forge_a_pass(attack):
 def test_without_tests_the_isolation_report_cannot_be_forged():
     # a program without tests speaks for its own verdict, but the layers are reported before it runs
     code = ("import os\nfor fd in range(3, 64):\n    try:\n"
-            "        os.write(fd, b'{\"isolation\": [\"everything\"]}\\n')\n    except OSError:\n        pass\n")
+            "        os.write(fd, b'{\"isolation\": [\"everything\"]}\\n')\n"
+            "    except OSError:\n        pass\n")
     r = execute(code, guard=False)
     assert r.passed and "everything" not in r.isolation and "rlimits" in r.isolation, r
 
@@ -732,8 +737,9 @@ def test_a_pass_needs_the_runs_nonce():
     # what the parent accepts: only the judge's line with this run's nonce says passed
     lines = FORGED.encode() + b'{"status": "passed", "nonce": "other"}\n'
     assert execution._parse_report(lines, nonce="right") == {}
-    assert execution._parse_report(lines + b'{"status": "failed", "error": "x"}\n', "right")["status"] == "failed"
-    assert execution._parse_report(lines + b'{"status": "passed", "nonce": "right"}\n', "right")["status"] == "passed"
+    failed, passed = b'{"status": "failed", "error": "x"}\n', b'{"status": "passed", "nonce": "right"}\n'
+    assert execution._parse_report(lines + failed, "right")["status"] == "failed"
+    assert execution._parse_report(lines + passed, "right")["status"] == "passed"
 
 
 def test_the_program_cannot_see_the_tests_or_the_nonce():
@@ -741,7 +747,8 @@ def test_the_program_cannot_see_the_tests_or_the_nonce():
     code = """
 import os, sys
 parent = os.getppid()
-seen = [open(f"/proc/{parent}/cmdline", "rb").read().decode("utf-8", "replace"), sys.stdin.read(), repr(os.listdir("."))]
+seen = [open(f"/proc/{parent}/cmdline", "rb").read().decode("utf-8", "replace"), sys.stdin.read(),
+        repr(os.listdir("."))]
 for path in (f"/proc/{parent}/environ", f"/proc/{parent}/fd/0"):
     try:
         seen.append(open(path, "rb").read().decode("utf-8", "replace"))
@@ -880,8 +887,9 @@ def test_humaneval_wrong_completions_fail(humaneval):
     assert humaneval.reward(conv, "    return False\n") == 0.0
 
 
-@pytest.mark.parametrize("attack", ["inherited fds", "os._exit before the tests", "an __eq__ that always says yes",
-                                    "patched builtins and check", "SystemExit during the tests"])
+@pytest.mark.parametrize("attack", ["inherited fds", "os._exit before the tests",
+                                    "an __eq__ that always says yes", "patched builtins and check",
+                                    "SystemExit during the tests"])
 def test_humaneval_reward_hacks_fail(humaneval, attack):
     # the attacks above, as a model would write them into a reply: fenced code that defines the
     # entry point wrongly and then tries its trick
