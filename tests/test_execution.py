@@ -606,6 +606,10 @@ def test_judged_program_passes_and_fails():
     wrong = execute(WRONG, tests=SQUARE_TESTS)
     assert wrong.status == "failed" and wrong.error == "AssertionError", wrong
     assert 'File "<tests>", line 3, in check' in wrong.stderr  # the failing line of the tests
+    # tests bigger than a pipe holds by default (64 KiB) still reach the judge whole
+    big = Tests(code=SQUARE_TESTS.code + "    assert LAST == 1\n", entry_point="square",
+                setup="#" * 300_000 + "\nLAST = 1\n")
+    assert execute("def square(x):\n    return x * x\n", tests=big).passed
 
 
 # Each attack comes with a wrong square(): whatever it does, the verdict must not be a pass. They run
