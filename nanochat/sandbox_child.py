@@ -17,7 +17,7 @@ sys.path again and calls `_child_main(CONFIG)`, which
   program's process (`_program_side`), which closes every descriptor of the judge's, makes a
   Landlock domain of its own, installs the guard, runs the program and then answers calls of the
   entry point with plain data over a pair of pipes. Only then does the judge read the tests and the
-  run's nonce from its stdin (a pipe the program's process closed before any of its code ran), run
+  run's nonce from its stdin (a pipe the program's process closes before any of its code runs), run
   the tests' check() against a stand-in that calls the program, and report the verdict with the
   nonce;
 - kills and reaps every process the program started (`_reap_descendants`) and leaves by os._exit.
@@ -25,7 +25,7 @@ Confining is ordinary, tested Python rather than a string handed to `-c`.
 
 This module imports only the standard library, nothing of nanochat (execution.py included), so that
 each child starts fast; the parent imports from here the little both sides use (PROGRAM, `_signal`,
-`_descendants`). What the sandbox does and does not isolate is described in nanochat/execution.py.
+`_descendants`, LEAVE_OUT). What the sandbox does and does not isolate is described in nanochat/execution.py.
 """
 
 from __future__ import annotations
