@@ -93,6 +93,8 @@ What each run gets (the names in ExecResult.isolation, in the order the child ap
 alone; a layer the kernel does not offer is left out and not listed. Cost, measured over 60 trivial programs
 in a row on a loaded 2-core machine: ~58 ms of CPU a program (parent and child), 59 ms with tests,
 against 49 ms before the namespaces, the seccomp filter and the judge; ~0.1 s of wall time either way.
+The 164 HumanEval solutions, 4 at a time: 9-10 s of CPU against ~7 s before (the judge's process
+and a round trip per call of the entry point).
 
 What it does NOT isolate:
 - reading: the code can read every file its user can (the repository, tokens under ~/.cache or
