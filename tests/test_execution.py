@@ -4,12 +4,15 @@ inherited leaks out, and real HumanEval solutions pass while wrong ones fail.
 
 Attacks that only a kernel layer can stop (fork bombs without the guard, signals to the parent,
 writes with the guard off) are skipped where the child reports that layer missing, rather than
-being run unprotected."""
+being run unprotected. The verdict's tests attack the judge from a failing program every way the
+program can reach: none may turn the failure into a pass."""
 
+import errno
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from nanochat import execution
-from nanochat.execution import ExecResult, execute, execute_many
-from tasks.humaneval import HumanEval, build_program, extract_code
+from nanochat.execution import ExecResult, Tests, execute, execute_many
+from tasks.humaneval import HumanEval, build_program, build_tests, extract_code
 
 
 def landlock_abi() -> int:
@@ -29,6 +32,12 @@ def landlock_abi() -> int:
         return max(libc.syscall(ctypes.c_long(444), None, ctypes.c_size_t(0), ctypes.c_long(1)), 0)
     except (OSError, AttributeError):
         return 0
+
+
+def can_unshare(flags: int) -> bool:
+    """Whether a process of ours may enter new namespaces (asked in a throwaway process)."""
+    code = f"import ctypes, sys; sys.exit(ctypes.CDLL(None, use_errno=True).unshare({flags}) != 0)"
+    return subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +78,25 @@ def test_layers_match_the_machine(layers):
     abi = landlock_abi()
     assert ("landlock-fs" in layers) == (abi >= 1) and ("landlock-tcp" in layers) == (abi >= 4)
     assert ("landlock-scope" in layers) == (abi >= 6)
-    assert ("no-capabilities" in layers) == (os.geteuid() == 0) and ("nproc" in layers) == (os.geteuid() != 0)
-    assert "rlimits" in layers and "guard" not in layers
+    assert ("nproc" in layers) == (os.geteuid() != 0)
+    assert ("no-capabilities" in layers) == (os.geteuid() == 0 or "userns" in layers)
+    assert "rlimits" in layers and "guard" not in layers and "judge" not in layers
+    if os.geteuid() == 0:  # root needs no user namespace; whether the kernel allows them is asked directly
+        assert ("netns" in layers) == can_unshare(0x40000000) and "userns" not in layers
+        assert ("disk-quota" in layers) == can_unshare(0x00020000)
+    with_tests = execute("def f():\n    return 1\n", guard=False,
+                         tests=Tests("def check(c):\n    assert c() == 1\n", "f"))
+    assert with_tests.passed and with_tests.isolation[-1] == "judge"
+    extra = {"judge", "landlock-judge"} if "landlock-scope" in layers else {"judge"}
+    assert set(with_tests.isolation) - set(layers) == extra
+    status = Path("/proc/self/status").read_text()
+    seccomp_here = os.uname().machine in ("x86_64", "aarch64") and "Seccomp:" in status
+    assert ("seccomp" in layers) == seccomp_here
+    for left_out, gone in (("netns", {"netns"}), ("mntns", {"disk-quota", "read-only-mounts"}),
+                           ("landlock", {"landlock-fs", "landlock-tcp", "landlock-scope"}),
+                           ("seccomp", {"seccomp"})):
+        fewer = execute("pass", guard=False, without=(left_out,)).isolation
+        assert set(fewer) == set(layers) - gone, (left_out, fewer)  # what is left out is not claimed
 
 
 # ---- outcomes
@@ -127,11 +153,15 @@ def test_only_the_leader_reports(layers):
 
 def test_bad_limits_are_refused():
     for kwargs in ({"timeout": 0}, {"timeout": float("nan")}, {"memory_mb": 0}, {"max_processes": 1.5},
-                   {"output_limit": -1}):
+                   {"output_limit": -1}, {"disk_mb": 0}, {"without": ("guard",)},
+                   {"tests": Tests("", "not a name")}, {"tests": Tests("#" * (1 << 21), "f")},
+                   {"max_processes": 1, "tests": Tests("", "f")}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             execute("pass", **kwargs)
     with pytest.raises(ValueError, match="workers"):
         execute_many(["pass"], workers=0)
+    with pytest.raises(ValueError, match="2 programs but 1 tests"):
+        execute_many(["pass", "pass"], tests=[None])
 
 
 def test_result_passed_follows_status():
@@ -259,10 +289,14 @@ def test_environment_is_built_from_scratch(monkeypatch):
     assert not Path(seen["cwd"]).exists()  # the temporary directory is gone
 
 
-@pytest.mark.parametrize("guard", [True, False])
-def test_writes_outside_the_workdir_do_not_land(tmp_path, layers, guard):
-    if not guard:
-        need(layers, "landlock-fs")
+@pytest.mark.parametrize("guard, without, needed", [
+    (True, (), ()),
+    (False, (), ("landlock-fs",)),
+    (False, ("mntns",), ("landlock-fs",)),  # Landlock alone
+    (False, ("landlock",), ("read-only-mounts",)),  # the read-only mounts alone
+])
+def test_writes_outside_the_workdir_do_not_land(tmp_path, layers, guard, without, needed):
+    need(layers, *needed)
     outside = tmp_path / "outside"
     outside.mkdir(mode=0o777)
     outside.chmod(0o777)  # so that no file permission stands in the way: only the sandbox
@@ -270,7 +304,7 @@ def test_writes_outside_the_workdir_do_not_land(tmp_path, layers, guard):
     kept.write_text("keep")
     new = outside / "new.txt"
     code = f"""
-import json, os
+import errno, json, os
 attempts = {{
     "open": lambda: open({str(new)!r}, "w").write("x"),
     "append": lambda: open({str(kept)!r}, "a").write("x"),
@@ -286,29 +320,40 @@ refused = {{}}
 for name, attempt in attempts.items():
     try:
         attempt()
-    except PermissionError as e:
-        refused[name] = str(e)
+    except OSError as e:
+        guarded = isinstance(e, PermissionError) and "sandbox:" in str(e)
+        refused[name] = str(e) if guarded else errno.errorcode[e.errno]
 print(json.dumps(refused))
 open("inside_ok.txt", "w").write("fine")  # inside, everything still works
 os.mkdir("sub"); os.rename("inside_ok.txt", "sub/moved.txt"); os.remove("sub/moved.txt")
 """
-    r = execute(code, guard=guard)
+    r = execute(code, guard=guard, without=without)
     assert r.passed, r
     refused = json.loads(r.stdout)
     assert list(refused) == ["open", "append", "os.open", "truncate", "remove", "mkdir", "rename", "symlink",
                              "through a link"]
-    # the guard speaks first where it is on; where it is off, the kernel refused
-    assert all(("sandbox:" in message) == guard for message in refused.values()), refused
+    # the guard speaks first where it is on; where it is off, the kernel refused: Landlock (EACCES),
+    # a read-only mount (EROFS), or, for a rename out of the tmpfs, another file system (EXDEV)
+    if guard:
+        assert all("sandbox:" in message for message in refused.values()), refused
+    else:
+        assert set(refused.values()) <= {"EACCES", "EPERM", "EROFS", "EXDEV"}, refused
+        if "landlock-fs" in without or "landlock" in without:
+            assert "EACCES" not in refused.values()  # no Landlock: the read-only mounts refused
     assert sorted(p.name for p in outside.iterdir()) == ["kept.txt"] and kept.read_text() == "keep"
 
 
-def test_guard_refuses_metadata_changes_outside(tmp_path):
-    # Landlock does not cover chmod/chown/utime: here only the guard stands (see the module docstring)
+@pytest.mark.parametrize("guard", [True, False])
+def test_metadata_changes_outside_are_refused(tmp_path, layers, guard):
+    # Landlock does not cover chmod/chown/utime: here the guard, or the read-only mounts, stand
+    if not guard:
+        need(layers, "read-only-mounts")
     target = tmp_path / "mode.txt"
     target.write_text("x")
     target.chmod(0o644)
-    r = execute(f"import os\nos.chmod({str(target)!r}, 0o777)")
-    assert r.status == "error" and "outside the working directory" in r.error
+    r = execute(f"import os\nos.chmod({str(target)!r}, 0o777)", guard=guard)
+    expected = "outside the working directory" if guard else "Read-only file system"
+    assert r.status == "error" and expected in r.error, r
     assert target.stat().st_mode & 0o777 == 0o644
 
 
@@ -318,17 +363,478 @@ def test_the_parent_cannot_be_signalled(layers):
     assert r.status == "error" and "PermissionError" in r.error
 
 
-@pytest.mark.parametrize("guard", [True, False])
-def test_tcp_connections_are_refused(layers, guard):
-    if not guard:
-        need(layers, "landlock-tcp")
-    server = socket.create_server(("127.0.0.1", 0))
+NETWORK_ATTEMPTS = """
+import errno, json, socket
+def attempt(kind, family, proto, message, port, udp_port):
     try:
-        port = server.getsockname()[1]
-        r = execute(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)", guard=guard)
+        if kind == "udp":
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.sendto(message, ("127.0.0.1", udp_port))
+            return "sent"
+        s = socket.socket(family, socket.SOCK_STREAM, proto)
+        s.settimeout(2)
+        if kind == "tfo":  # TCP Fast Open: the data rides on the SYN, no connect() call
+            s.sendto(message, socket.MSG_FASTOPEN, ("127.0.0.1", port))
+        else:
+            s.connect(("127.0.0.1", port))
+            s.sendall(message)
+        s.close()
+        return "sent"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+results = {kind: attempt(kind, socket.AF_INET, proto, kind.encode(), PORT, UDP_PORT)
+           for kind, proto in (("tcp", 0), ("tfo", 0), ("mptcp", 262), ("udp", 0))}
+print(json.dumps(results))
+"""
+
+
+def delivered(server: socket.socket, udp: socket.socket, port: int, udp_port: int) -> list[bytes]:
+    """What reached the listeners before a marker the test sends itself: the program has ended, so
+    anything it got through is queued ahead of the marker (no waiting on a clock)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"marker")
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"marker", ("127.0.0.1", udp_port))
+    got = []
+    server.settimeout(5)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            data = conn.recv(100)
+        if data == b"marker":
+            break
+        got.append(data)
+    udp.settimeout(5)
+    while (data := udp.recv(100)) != b"marker":
+        got.append(data)
+    return got
+
+
+@pytest.fixture
+def listeners():
+    server = socket.create_server(("127.0.0.1", 0), backlog=16)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    try:
+        yield server, udp, server.getsockname()[1], udp.getsockname()[1]
     finally:
         server.close()
-    assert r.status == "error" and "PermissionError" in r.error, r
+        udp.close()
+
+
+@pytest.mark.parametrize("alone, without, answers", [
+    ("netns", ("landlock", "seccomp"), {"ENETUNREACH"}),  # the loopback is down
+    ("seccomp", ("netns", "landlock"), {"EACCES"}),  # socket() itself is refused
+    (None, (), {"ENETUNREACH", "EACCES"}),  # every layer: the first to refuse answers
+])
+def test_no_network(layers, listeners, alone, without, answers):
+    # TCP, TCP Fast Open, MPTCP and UDP to real listeners on the host's 127.0.0.1: nothing arrives
+    need(layers, alone or "netns")
+    server, udp, port, udp_port = listeners
+    code = NETWORK_ATTEMPTS.replace("UDP_PORT", str(udp_port)).replace("PORT", str(port))
+    r = execute(code, guard=False, without=without)
+    assert r.passed and (alone is None or alone in r.isolation), r
+    results = json.loads(r.stdout)
+    assert set(results.values()) <= answers and len(results) == 4, results
+    assert delivered(server, udp, port, udp_port) == []
+
+
+def test_landlock_alone_refuses_tcp_connect(layers, listeners):
+    # the last fallback: Landlock refuses connect() on TCP sockets, and the result claims no more
+    need(layers, "landlock-tcp")
+    server, udp, port, udp_port = listeners
+    code = NETWORK_ATTEMPTS.replace("UDP_PORT", str(udp_port)).replace("PORT", str(port))
+    r = execute(code, guard=False, without=("netns", "seccomp"))
+    assert r.passed and "netns" not in r.isolation and "seccomp" not in r.isolation, r
+    assert json.loads(r.stdout)["tcp"] == "EACCES"
+    assert b"tcp" not in delivered(server, udp, port, udp_port)
+
+
+UNIX_ATTEMPT = """
+import errno, socket
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect({address!r})
+    s.sendall(b"in")
+    print("sent")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+def first_unix_message(server: socket.socket, address: str) -> bytes:
+    """The first message a unix listener got, after a marker sent once the program has ended."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as marker:
+        marker.connect(address)
+        marker.sendall(b"marker")
+    server.settimeout(5)
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(5)
+        return conn.recv(10)
+
+
+@pytest.mark.parametrize("alone, without, answer", [
+    ("netns", ("landlock", "seccomp"), "ECONNREFUSED"),  # a namespace has abstract names of its own
+    ("landlock-scope", ("netns", "seccomp"), "EPERM"),
+    ("seccomp", ("netns", "landlock"), "EACCES"),
+])
+def test_abstract_unix_sockets_of_the_host_are_out_of_reach(layers, alone, without, answer):
+    need(layers, alone)
+    name = f"\0nanochat-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(name)
+    server.listen(4)
+    try:
+        r = execute(UNIX_ATTEMPT.format(address=name), guard=False, without=without)
+        assert r.passed and r.stdout.strip() == answer, r
+        assert first_unix_message(server, name) == b"marker"  # nothing of the program's came first
+    finally:
+        server.close()
+
+
+def test_path_bound_unix_sockets_are_out_of_reach(layers, tmp_path):
+    # a network namespace does not cover sockets in the file system: only the seccomp filter does
+    need(layers, "seccomp")
+    path = str(tmp_path / "service.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    os.chmod(tmp_path, 0o777)
+    os.chmod(path, 0o777)
+    try:
+        r = execute(UNIX_ATTEMPT.format(address=path), guard=False)
+        assert r.passed and r.stdout.strip() == "EACCES", r
+        assert first_unix_message(server, path) == b"marker"
+    finally:
+        server.close()
+
+
+def test_guard_refuses_sockets():
+    r = execute("import socket\nsocket.socket()")
+    assert r.status == "error" and "socket" in r.error and "not allowed" in r.error
+
+
+USERNS_RUN = """
+import json, sys
+from nanochat.execution import Tests, execute
+port, udp_port = int(sys.argv[1]), int(sys.argv[2])
+network = execute(sys.argv[3].replace("UDP_PORT", str(udp_port)).replace("PORT", str(port)), guard=False)
+disk = execute("import os\\nst = os.statvfs('.')\\nprint(st.f_blocks * st.f_frsize)", guard=False, disk_mb=4)
+judged = execute("def f():\\n    return 2\\n", tests=Tests("def check(c):\\n    assert c() == 1\\n", "f"))
+print(json.dumps([[r.status, r.stdout, r.isolation] for r in (network, disk, judged)]))
+"""
+
+
+def test_without_cap_sys_admin_a_user_namespace_gives_the_same(listeners):
+    # root in a container usually lacks CAP_SYS_ADMIN, as every other user does: then the child
+    # enters a user namespace first, and the network and mount namespaces inside it
+    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs root and setpriv to run a process without CAP_SYS_ADMIN")
+    server, udp, port, udp_port = listeners
+    run = subprocess.run(["/usr/bin/setpriv", "--bounding-set=-sys_admin", sys.executable, "-c", USERNS_RUN,
+                          str(port), str(udp_port), NETWORK_ATTEMPTS], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert run.returncode == 0, run.stderr
+    (net_status, net_out, net_layers), disk, judged = json.loads(run.stdout)
+    disk_out, (judged_status, judged_layers) = disk[1], judged[::2]
+    if "userns" not in net_layers:
+        pytest.skip(f"this kernel gives no user namespace to a process without CAP_SYS_ADMIN ({net_layers})")
+    assert {"netns", "disk-quota", "no-capabilities"} <= set(net_layers), net_layers
+    assert net_status == "passed" and set(json.loads(net_out).values()) <= {"ENETUNREACH", "EACCES"}
+    assert delivered(server, udp, port, udp_port) == []
+    assert int(disk_out) == 4 << 20
+    assert judged_status == "failed" and judged_layers[-1] == "judge"
+
+
+# ---- the disk
+
+
+def test_total_disk_written_is_bounded(layers):
+    # many files, fast: the tmpfs is full at disk_mb, and nothing of it was ever on the host's disk
+    need(layers, "disk-quota")
+    code = """
+import os, json
+total, error = 0, None
+try:
+    for i in range(1000):
+        with open(f"f{i}", "wb") as f:
+            f.write(b"x" * (1 << 20))
+        total += 1 << 20
+except OSError as e:
+    error = e.errno
+st = os.statvfs(".")
+print(json.dumps({"total": total, "error": error, "size": st.f_blocks * st.f_frsize, "cwd": os.getcwd()}))
+"""
+    start = time.monotonic()
+    r = execute(code, guard=False, disk_mb=8, timeout=20)
+    assert r.passed, r
+    seen = json.loads(r.stdout)
+    assert seen["error"] == errno.ENOSPC and seen["size"] == 8 << 20
+    assert 6 << 20 <= seen["total"] <= 8 << 20, seen
+    assert time.monotonic() - start < 15
+    assert not Path(seen["cwd"]).exists()  # the host's directory is gone too
+    assert seen["cwd"] not in Path("/proc/self/mountinfo").read_text()  # no mount left behind here
+
+
+def test_number_of_files_is_bounded(layers):
+    # empty files take no bytes, but each takes an inode: those are bounded too
+    need(layers, "disk-quota")
+    code = ("import errno\nn = 0\ntry:\n    while n < 100_000:\n        open(f'e{n}', 'w').close()\n"
+            "        n += 1\nexcept OSError as e:\n    print(n, errno.errorcode[e.errno])\n")
+    r = execute(code, guard=False, timeout=30)
+    count, err = r.stdout.split()
+    assert r.passed and err == "ENOSPC" and int(count) < 10_000, r
+
+
+def test_without_the_quota_the_result_says_so(layers):
+    r = execute("open('f', 'wb').write(b'x' * 100)", guard=False, without=("mntns",))
+    assert r.passed and "disk-quota" not in r.isolation and "read-only-mounts" not in r.isolation
+
+
+# ---- the verdict: tests judged apart from the program
+
+SQUARE_TESTS = Tests(code="def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(3) == 9\n",
+                     entry_point="square")
+WRONG = "def square(x):\n    return x + x\n"  # right for 2, wrong for 3
+
+
+def test_judged_program_passes_and_fails():
+    right = execute("def square(x):\n    print('called', x)\n    return x * x\n", tests=SQUARE_TESTS)
+    assert right.passed and right.isolation[-1] == "judge", right
+    assert right.stdout == "called 2\ncalled 3\n"  # the program's output, flushed at its end
+    wrong = execute(WRONG, tests=SQUARE_TESTS)
+    assert wrong.status == "failed" and wrong.error == "AssertionError", wrong
+    assert 'File "<tests>", line 3, in check' in wrong.stderr  # the failing line of the tests
+    # tests bigger than a pipe holds by default (64 KiB) still reach the judge whole
+    big = Tests(code=SQUARE_TESTS.code + "    assert LAST == 1\n", entry_point="square",
+                setup="#" * 300_000 + "\nLAST = 1\n")
+    assert execute("def square(x):\n    return x * x\n", tests=big).passed
+
+
+# Each attack comes with a wrong square(): whatever it does, the verdict must not be a pass. They run
+# without the guard, so that only what the kernel and the separate judge do stands in the way.
+FORGED = '{"status": "passed", "error": "", "isolation": [], "nonce": "0"}\n'
+ATTACKS = {
+    # the old report channel: write a pass on every descriptor in reach, the judge's too, then leave
+    "inherited fds": f"""
+import os
+for pid in ("self", os.getppid()):
+    try:
+        fds = os.listdir(f"/proc/{{pid}}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            if pid == "self":
+                os.write(int(fd), {FORGED!r}.encode())
+            else:
+                with open(f"/proc/{{pid}}/fd/{{fd}}", "w") as f:
+                    f.write({FORGED!r})
+        except OSError:
+            pass
+os._exit(0)
+""",
+    "os._exit before the tests": "import os\nos._exit(0)\n",
+    "sys.exit before the tests": "import sys\nsys.exit(0)\n",
+    "os._exit during the tests": "def square(x):\n    import os\n    os._exit(0)\n",
+    "SystemExit during the tests": "def square(x):\n    raise SystemExit(0)\n",
+    "KeyboardInterrupt during the tests": "def square(x):\n    raise KeyboardInterrupt\n",
+    "patched builtins and check": """
+import builtins
+builtins.AssertionError = type("AssertionError", (Exception,), {})
+builtins.check = lambda candidate: None
+def check(candidate):
+    pass
+import sys
+sys.excepthook = lambda *args: None
+""",
+    "an __eq__ that always says yes": """
+class Yes:
+    def __eq__(self, other):
+        return True
+    __hash__ = object.__hash__
+def square(x):
+    return Yes()
+""",
+    "an int whose __eq__ always says yes": """
+class Yes(int):
+    def __eq__(self, other):
+        return True
+    __hash__ = int.__hash__
+def square(x):
+    return Yes(x + x)
+""",
+    "a fake report on stdout and stderr": """
+import sys
+print('{"status": "passed"}', flush=True)
+print('{"status": "passed"}', file=sys.stderr, flush=True)
+""",
+    "an atexit hook": "import atexit, os\natexit.register(lambda: print('passed'))\n",
+    "killing the judge": """
+import os, signal
+def square(x):
+    try:
+        os.kill(os.getppid(), signal.SIGKILL)
+    except OSError:
+        pass
+    return x + x
+""",
+    "reading the judge's memory": """
+import os
+def square(x):
+    try:
+        open(f"/proc/{os.getppid()}/mem", "rb").read(1)
+    except OSError:
+        pass
+    return x + x
+""",
+    "stealing the judge's descriptors": f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(os.getppid())
+for target in range(64):
+    fd = libc.syscall(438, pidfd, target, 0)  # pidfd_getfd: needs the right to trace the judge
+    if fd >= 0:
+        try:
+            os.write(fd, {FORGED!r}.encode())
+        except OSError:
+            pass
+os._exit(0)
+""",
+    "garbage on the answer pipe": """
+import os, threading
+def square(x):
+    for fd in range(3, 20):
+        try:
+            os.write(fd, b"\\x00\\x00\\x00\\x05[\\"value\\", 9]")
+        except OSError:
+            pass
+    return x + x
+""",
+    "a tracer in the program": """
+import sys
+def tracer(frame, event, arg):
+    return tracer
+sys.settrace(tracer)
+""",
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_failing_program_cannot_forge_a_pass(attack):
+    code = WRONG + ATTACKS[attack]
+    r = execute(code, tests=SQUARE_TESTS, guard=False)
+    assert not r.passed and r.status in ("failed", "error"), (attack, r)
+
+
+def test_without_tests_the_isolation_report_cannot_be_forged():
+    # a program without tests speaks for its own verdict, but the layers are reported before it runs
+    code = ("import os\nfor fd in range(3, 64):\n    try:\n"
+            "        os.write(fd, b'{\"isolation\": [\"everything\"]}\\n')\n"
+            "    except OSError:\n        pass\n")
+    r = execute(code, guard=False)
+    assert r.passed and "everything" not in r.isolation and "rlimits" in r.isolation, r
+
+
+def test_a_pass_needs_the_runs_nonce():
+    # what the parent accepts: only the judge's line with this run's nonce says passed
+    lines = FORGED.encode() + b'{"status": "passed", "nonce": "other"}\n'
+    assert execution._parse_report(lines, nonce="right") == {}
+    failed, passed = b'{"status": "failed", "error": "x"}\n', b'{"status": "passed", "nonce": "right"}\n'
+    assert execution._parse_report(lines + failed, "right")["status"] == "failed"
+    assert execution._parse_report(lines + passed, "right")["status"] == "passed"
+
+
+def test_the_program_cannot_see_the_tests_or_the_nonce():
+    # the tests reach the judge by a pipe the program's process closed: not by argv, env or a file
+    code = """
+import os, sys
+parent = os.getppid()
+seen = [open(f"/proc/{parent}/cmdline", "rb").read().decode("utf-8", "replace"), sys.stdin.read(),
+        repr(os.listdir("."))]
+for path in (f"/proc/{parent}/environ", f"/proc/{parent}/fd/0"):
+    try:
+        seen.append(open(path, "rb").read().decode("utf-8", "replace"))
+    except OSError as e:
+        seen.append(type(e).__name__)
+print(repr(seen))
+def square(x):
+    return x * x
+"""
+    secret_tests = Tests(code=SQUARE_TESTS.code + "    SECRET_MARK = 1\n", entry_point="square")
+    r = execute(code, tests=secret_tests, guard=False)
+    assert r.passed, r
+    assert "SECRET_MARK" not in r.stdout and "candidate" not in r.stdout, r.stdout
+    assert r.stdout.count("PermissionError") == 2  # the judge is undumpable: no environ, no fds
+
+
+def test_values_cross_as_plain_data():
+    # the tests get builtin values of the exact builtin types, whatever the program returned
+    program = """
+from collections import Counter, OrderedDict, namedtuple
+class Mine(Exception):
+    pass
+def kinds():
+    return (Counter("aab"), OrderedDict(a=1), namedtuple("P", "x y")(1, 2), True, 2 ** 100, -0.0,
+            float("nan"), 1 + 2j, b"\\x00\\xff", {1, 2}, frozenset({3}), {(1, 2): [None]}, "\\ud800")
+def raise_(kind):
+    raise (ValueError if kind == "value" else Mine)(kind)
+FUNCTIONS = {"echo": lambda *args, **kwargs: [args, kwargs], "kinds": kinds, "raise": raise_,
+             "object": object}
+def call(name, *args, **kwargs):
+    return FUNCTIONS[name](*args, **kwargs)
+"""
+    tests = """
+import math
+def check(candidate):
+    value = {"a": [1, (2, 3)], 4: {5}, "b": b"x"}
+    assert candidate("echo", 1, value, k=2.5) == [(1, value), {"k": 2.5}]
+    out = candidate("kinds")
+    assert [type(v) for v in out] == [dict, dict, tuple, bool, int, float, float, complex, bytes, set,
+                                      frozenset, dict, str]
+    assert out[0] == {"a": 2, "b": 1} and out[2] == (1, 2) and out[4] == 2 ** 100
+    assert math.copysign(1, out[5]) == -1 and math.isnan(out[6]) and out[7] == 1 + 2j
+    assert out[11] == {(1, 2): [None]} and out[12] == "\\ud800"
+    for kind, expected, message in (("value", ValueError, "value"), ("mine", ProgramError, "Mine: mine")):
+        try:
+            candidate("raise", kind)
+        except Exception as e:
+            assert type(e).__name__ == expected and str(e) == message, (e, expected)
+        else:
+            raise AssertionError("nothing raised")
+    try:
+        candidate("object")
+    except TypeError as e:
+        assert "a object cannot pass between the program and the tests" in str(e), e
+    else:
+        raise AssertionError("an object crossed")
+    try:
+        candidate("echo", object())  # nor can the tests hand the program anything else
+    except TypeError as e:
+        assert "cannot pass" in str(e)
+    else:
+        raise AssertionError("an object crossed")
+"""
+    tests = tests.replace("ValueError, ", "'ValueError', ").replace("ProgramError, ", "'ProgramError', ")
+    r = execute(program, tests=Tests(code=tests, entry_point="call"), guard=False)
+    assert r.passed, r
+
+
+def test_judged_program_outcomes():
+    cases = {
+        "def square(x):\n    return x * x\nassert False, 'at load'\n": ("failed", "AssertionError: at load"),
+        "def square(x:\n": ("error", "SyntaxError"),
+        "x = 1\n": ("error", "NameError: the program defines no function 'square'"),
+        "x = bytearray(8 * 1024 ** 3)\n": ("memory", "MemoryError"),
+        "def square(x):\n    import os, signal\n    os.kill(os.getpid(), signal.SIGSEGV)\n":
+            ("killed", "the program was killed by SIGSEGV"),
+    }
+    for code, (status, error) in cases.items():
+        r = execute(code, tests=SQUARE_TESTS, guard=False, memory_mb=256)
+        assert r.status == status and r.error.startswith(error), (code, r)
+    r = execute("def square(x):\n    while True:\n        pass\n", tests=SQUARE_TESTS, timeout=1.0)
+    assert r.status == "timeout" and r.duration < 4
 
 
 # ---- batches
@@ -385,6 +891,20 @@ def test_humaneval_wrong_completions_fail(humaneval):
     assert humaneval.reward(conv, "    return False\n") == 0.0
 
 
+@pytest.mark.parametrize("attack", ["inherited fds", "os._exit before the tests",
+                                    "an __eq__ that always says yes", "patched builtins and check",
+                                    "SystemExit during the tests"])
+def test_humaneval_reward_hacks_fail(humaneval, attack):
+    # the attacks above, as a model would write them into a reply: fenced code that defines the
+    # entry point wrongly and then tries its trick
+    conv = by_id(humaneval, "HumanEval/0")
+    trick = ATTACKS[attack].replace("def square(", "def has_close_elements(")
+    wrong = "def has_close_elements(numbers, threshold):\n    return True\n"
+    reply = f"Sure:\n```python\n{wrong}{trick}```"
+    assert not humaneval.evaluate(conv, reply)
+    assert humaneval.reward(conv, reply) == 0.0
+
+
 def test_humaneval_slow_completion_fails_at_the_timeout():
     task = HumanEval(source="package", timeout=0.5)
     conv = by_id(task, "HumanEval/0")
@@ -393,16 +913,18 @@ def test_humaneval_slow_completion_fails_at_the_timeout():
     assert time.monotonic() - start < 5  # ended by the 0.5 s timeout, not by the loop
 
 
-@pytest.mark.slow  # 164 programs: ~10 s on two cores
+@pytest.mark.slow  # 2 x 164 programs: ~20 s on two loaded cores
 def test_humaneval_every_canonical_solution_passes_the_sandbox(humaneval):
     # the sandbox must not break any real problem (guard, rlimits, Landlock), and must fail each
     # problem's tests with a wrong body
     convs = list(humaneval)
-    results = execute_many([build_program(c, canonical(c)) for c in convs], workers=4)
+    tests = [build_tests(c) for c in convs]
+    results = execute_many([build_program(c, canonical(c)) for c in convs], tests=tests, workers=4)
     failing = [(c["task_id"], r.status, r.error) for c, r in zip(convs, results) if not r.passed]
     assert failing == []
-    wrong = execute_many([build_program(c, "    return None\n") for c in convs[:20]], workers=4)
-    assert not any(r.passed for r in wrong)
+    assert all(r.isolation[-1] == "judge" for r in results)
+    wrong = execute_many([build_program(c, "    return None\n") for c in convs], tests=tests, workers=4)
+    assert [c["task_id"] for c, r in zip(convs, wrong) if r.passed] == []
 
 
 def test_extract_code():
@@ -419,10 +941,13 @@ def test_build_program_layout():
     conv = {"prompt": "def f(x):\n    \"\"\"Doc.\"\"\"\n", "test": "def check(c):\n    assert c(1) == 2\n",
             "entry_point": "f"}
     body = build_program(conv, "    return x + 1\n")
-    assert body.startswith(conv["prompt"] + "    return x + 1\n") and body.endswith("check(f)\n")
+    assert body == conv["prompt"] + "    return x + 1\n\n"  # the tests are not part of the program
     full = build_program(conv, "```python\ndef f(x):\n    return x + 1\n```")
     assert "\n\ndef f(x):\n    return x + 1\n" in full
-    assert execute(body).passed and execute(full).passed
+    tests = build_tests(conv)
+    assert (tests.code, tests.entry_point, tests.setup) == (conv["test"], "f", conv["prompt"])
+    assert execute(body, tests=tests).passed and execute(full, tests=tests).passed
+    assert not execute(build_program(conv, "    return x\n"), tests=tests).passed
 
 
 if __name__ == "__main__":
