@@ -42,7 +42,7 @@ class ChatSource:
     files: tuple[str, ...]  # paths under <endpoint>/datasets/<hf_id>/resolve/main/, or full URLs
     columns: tuple[tuple[str, ...], ...]  # each file must have one of these column sets
     hf_id: str | None = None  # None: `files` are full URLs
-    fmt: str = "parquet"  # parquet | jsonl
+    fmt: str = "parquet"  # parquet | jsonl | words (a text file, one word per line)
 
     def urls(self) -> list[str]:
         if self.hf_id is None:
@@ -87,6 +87,9 @@ _ENTRIES = [
         _HUMANEVAL),
     ChatSource("koalpaca", "train", ("https://raw.githubusercontent.com/Beomi/KoAlpaca/main/KoAlpaca_v1.1.jsonl",),
                (("instruction", "output"),), fmt="jsonl"),
+    # the word list of SpellingBee / SimpleSpelling (tasks/spelling.py), ~370k lowercase words (Unlicense)
+    ChatSource("words", "alpha", ("https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt",),
+               (("word",),), fmt="words"),
 ]
 REGISTRY: dict[tuple[str, str], ChatSource] = {(s.dataset, s.split): s for s in _ENTRIES}
 
@@ -133,6 +136,8 @@ def check_file(src: ChatSource, path: str | os.PathLike, *, own: bool = False) -
     download_file.
     """
     env = override_env(src.dataset, src.split)
+    if src.fmt == "words":
+        return _check_words(Path(path), f"point {env} at a text file with one word per line" if own else "wrong source?")
     remedy = f"point {env} at a parquet or JSONL file with those columns" if own else "wrong source?"
     wanted = " or ".join(str(list(cols)) for cols in src.columns)
     if is_parquet(path):
@@ -161,6 +166,18 @@ def check_file(src: ChatSource, path: str | os.PathLike, *, own: bool = False) -
         raise DownloadError(f"{path}: neither parquet nor UTF-8 JSON lines; {remedy}") from None
     except DownloadError as e:
         raise DownloadError(f"{e} ({wanted} for {src.dataset} {src.split}); {remedy}") from None
+
+
+def _check_words(path: Path, remedy: str) -> int:
+    """Words of a word list; an HTML error page or a binary file is refused (at most 10% other lines)."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise DownloadError(f"{path}: not a UTF-8 text file of words; {remedy}") from None
+    words = sum(line.isascii() and line.isalpha() for line in lines)
+    if not words or words < 0.9 * len(lines):
+        raise DownloadError(f"{path}: not a word list ({words} of {len(lines)} lines are single words); {remedy}")
+    return words
 
 
 def validator(src: ChatSource):
@@ -281,7 +298,7 @@ def require(dataset: str, split: str, *, url: str | None = None) -> list[Path]:
 
 @dataclass
 class Options:
-    dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | all
+    dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | words | all
     split: str = ""  # one split (e.g. auxiliary_train, ARC-Easy/test); '' = every split of the dataset
     url: str | None = None  # override: an http(s) URL or a local path (comma-separated for several files); one split only
     retries: int = 5  # extra attempts per file after a network error or a bad file

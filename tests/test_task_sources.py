@@ -129,7 +129,7 @@ def rendered_assistant(tok, conversation) -> str:
 
 
 def test_registry_names_every_dataset_with_columns():
-    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "koalpaca", "mmlu", "smoltalk"]
+    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "koalpaca", "mmlu", "smoltalk", "words"]
     for (name, split), src in sources.REGISTRY.items():
         assert src.files and src.columns and all(src.columns), (name, split)
     assert "auxiliary_train" in sources.splits("mmlu") and "ARC-Challenge/test" in sources.splits("arc")
@@ -307,6 +307,23 @@ def test_a_users_bad_file_is_reported_never_to_be_deleted(env, tmp_path, monkeyp
     monkeypatch.setenv(env_name, str(tmp_path / "typo.jsonl"))
     with pytest.raises(FileNotFoundError, match=f"typo.jsonl not found: .* {env_name} .*fix the path"):
         load_gsm8k("train")
+
+
+def test_word_list_override_is_checked_as_a_word_list(env, tmp_path, monkeypatch):
+    from tasks.spelling import SpellingBee
+
+    mine = tmp_path / "my_words.txt"
+    mine.write_text("apple\nBanana\ncherry\n\n" + "\n".join(f"w{'a' * i}" for i in range(1, 40)) + "\n")
+    monkeypatch.setenv("NANOCHAT_SOURCE_WORDS_ALPHA", str(mine))
+    assert sources.fetch("words", "alpha", **FAST) == [mine] and env[1] == []
+    task = SpellingBee(size=3)
+    assert task.word_list.startswith(f"words_alpha.txt ({mine}, 42 words), ")
+    page = tmp_path / "page.txt"
+    page.write_text("<html>\n<body>Not Found</body>\n</html>\n")
+    monkeypatch.setenv("NANOCHAT_SOURCE_WORDS_ALPHA", str(page))
+    with pytest.raises(DownloadError, match=r"not a word list \(0 of 3 lines are single words\); point "
+                                            "NANOCHAT_SOURCE_WORDS_ALPHA at a text file with one word per line"):
+        sources.fetch("words", "alpha", **FAST)
 
 
 def test_404_is_a_download_error(env):
