@@ -99,7 +99,7 @@ else
   RL_ARGS=(--max_seq_len="$SEQ_LEN" --examples_per_step=4 --num_samples=4 --max_new_tokens=64
            --num_iterations="${RL_STEPS:-30}" --eval_every=15 --eval_examples="${EVAL_PROBLEMS:-20}" --save_every=15)
   EVAL_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --max_new_tokens=128)
-  CORE_ARGS=(--max_per_task="${EVAL_PROBLEMS:-20}" --batch_size=8)
+  CORE_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --device_batch_size=8)
   echo "CPU run: no GPU found; a small configuration that finishes in minutes"
 fi
 if [ "$ONLINE" = 1 ]; then SOURCE=fineweb-edu; CHAT_DATA=(); else SOURCE=embedded; CHAT_DATA=(--offline); fi
