@@ -177,12 +177,9 @@ def resolve_source(spec: str | DataSource, *, name: str = "", num_total_shards: 
 
 
 def _is_jsonl_corpus(path: Path) -> bool:
-    """A .jsonl file, or a folder of .jsonl files without .parquet / .arrow shards."""
-    from nanochat.text_sources import jsonl_files
+    from nanochat.text_sources import is_jsonl_corpus  # imported here: text_sources imports this module
 
-    if not jsonl_files(path):
-        return False
-    return path.is_file() or not any(p.suffix in (".parquet", ".arrow") for p in path.rglob("*"))
+    return is_jsonl_corpus(path)
 
 
 def _template_source(spec: str, name: str, total: int) -> DataSource:

@@ -46,6 +46,15 @@ def jsonl_files(path: str | os.PathLike) -> list[Path]:
     return []
 
 
+def is_jsonl_corpus(path: str | os.PathLike) -> bool:
+    """A .jsonl file, or a folder of .jsonl files without .parquet / .arrow shards (a shard folder
+    with a stray .jsonl in it stays a shard folder)."""
+    path = Path(path).expanduser()
+    if not jsonl_files(path):
+        return False
+    return path.is_file() or not any(p.suffix in (".parquet", ".arrow") for p in path.rglob("*"))
+
+
 def jsonl_texts(path: Path, text_field: str | None = None) -> Iterator[str]:
     """The `text_field` string of each line of a JSON-lines file, in order.
 
@@ -131,7 +140,7 @@ def iter_texts(source: str, *, max_chars: int | None = None, doc_cap: int = 0,
         stream = _embedded_texts(source)
     else:
         path = Path(source).expanduser()
-        own = path.is_file() or (path.is_dir() and any(path.rglob("*.txt"))) or bool(jsonl_files(path))
+        own = path.is_file() or (path.is_dir() and any(path.rglob("*.txt"))) or is_jsonl_corpus(path)
         if own:
             files = _files_in(path)
         else:  # a dataset source name or data dir: its training shards, so validation text stays unseen

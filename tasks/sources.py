@@ -149,7 +149,7 @@ def check_file(src: ChatSource, path: str | os.PathLike, *, own: bool = False) -
                 rows, names = pf.metadata.num_rows, set(pf.schema_arrow.names)
         except (pa.ArrowException, OSError, ValueError) as e:
             if not own:
-                return validate_parquet(path)  # its error: a download to delete and fetch again
+                return validate_parquet(path, columns=())  # its error: a download to delete and fetch again
             reason = " ".join(str(e).split())
             raise DownloadError(f"{path}: not a readable parquet file ({reason}); {remedy}") from None
         if not any(set(cols) <= names for cols in src.columns):

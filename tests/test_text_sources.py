@@ -106,6 +106,13 @@ def test_folder_of_jsonl_files_in_sorted_order(tmp_path):
     assert list(iter_texts(str(tmp_path))) == ["a0", "b1", "b2", "a1"]
 
 
+def test_shard_folder_with_a_stray_jsonl_stays_a_shard_folder(tmp_path):
+    write_parquet(tmp_path / "shard_00000.parquet", ["train text"])
+    write_parquet(tmp_path / "shard_00001.parquet", ["validation text"])
+    write_jsonl(tmp_path / "notes.jsonl", [{"text": "not a document"}])
+    assert list(iter_texts(str(tmp_path))) == ["train text"]
+
+
 def test_dataset_builds_shards_from_jsonl_and_training_finds_them(base_dir, tmp_path):
     path = tmp_path / "mixed_pretraining.jsonl"
     docs = [f"document number {i} " + "x" * (i % 7) for i in range(40)]
