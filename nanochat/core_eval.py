@@ -2,8 +2,8 @@
 by the model's loss, each accuracy centered on its chance level, CORE = the mean of those.
 
     bundle = ensure_bundle()                    # $NANOCHAT_BASE_DIR/eval_bundle, fetched once if missing
-    results = evaluate_core(model, tokenizer, bundle, max_per_task=500, batch_size=32, autocast=amp)
-    results["CORE"], results["tasks"]["arc_easy"]["centered"]
+    results = evaluate_core(model, tokenizer, bundle, max_problems=500, batch_size=32, autocast=amp)
+    results["CORE"], results["tasks"]["arc_easy"]["centered"], results["baselines"]
 
 The eval bundle (the public eval_bundle.zip): core.yaml lists the tasks (`icl_tasks`: label, dataset_uri
 under eval_data/, num_fewshot (a list; its first entry is used), icl_task_type, optional
@@ -15,8 +15,12 @@ percent under `Eval Task`; eval_data/**/*.jsonl holds the rows:
 A row's few-shot examples are drawn from the task's other rows with Random(FEWSHOT_SEED + row index). Each
 prompt is tokenized with BOS first; multiple_choice and schema pick the option whose continuation tokens
 have the lowest mean loss, language_modeling counts a row when greedy argmax reproduces every
-continuation token. A prompt longer than the model's context loses tokens on the left, never the
-continuation. centered = (accuracy - baseline) / (1 - baseline) with the baseline as a fraction.
+continuation token. Prompts are scored whole, as upstream nanochat does, also past the training
+context (at 2,048 tokens and a 65,536 vocabulary, ~1,400 of boolq's 3,270 rows): the rotary tables reach
+ROTARY_HEADROOM times further (upstream builds them 10x too). Only a prompt longer than that loses
+tokens on the left, never the continuation, and each task counts its cropped rows.
+centered = (accuracy - baseline) / (1 - baseline) with the baseline as a fraction; which table of
+baselines the bundle holds (DCLM's 2024 file or another) is named in the results (describe_baselines).
 
 Batching: the sequences (one per option) of many rows are sorted by length and stacked, right-padded,
 up to batch_size sequences per forward; causal attention keeps the padding out of every real position,
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import random
@@ -56,6 +61,18 @@ SHUFFLE_SEED = 1337  # rows are shuffled once, so max_per_task takes a random su
 # most 16,384 padded positions, so long prompts go a few to a batch and short ones up to batch_size.
 MAX_BATCH_LOGITS = 2**30
 FETCH_COMMAND = "python -m scripts.base_eval --download_only"
+# Random baselines (percent) of the 22 CORE tasks in DCLM's eval_meta_data.csv as first published
+# (2024; kept in mlfoundations/dclm as eval/eval_meta_data_v1.csv) and shipped in eval_bundle.zip, the
+# file upstream nanochat's numbers use. DCLM corrected some values in 2025 (mlfoundations/dclm issue
+# #114, "CORE centered accuracy calculation and random baseline"); a bundle with other values is
+# described by the tasks that differ, so two reports can be told apart.
+DCLM_2024_BASELINES = {
+    "hellaswag_zeroshot": 25, "jeopardy": 0, "bigbench_qa_wikidata": 0, "arc_easy": 25, "arc_challenge": 25,
+    "copa": 50, "commonsense_qa": 20, "piqa": 50, "openbook_qa": 25, "lambada_openai": 0, "hellaswag": 25,
+    "winograd": 50, "winogrande": 50, "bigbench_dyck_languages": 0, "agi_eval_lsat_ar": 20,
+    "bigbench_cs_algorithms": 0, "bigbench_operators": 0, "bigbench_repeat_copy_logic": 0, "squad": 0, "coqa": 0,
+    "boolq": 62, "bigbench_language_identification": 9.1,
+}
 
 
 @dataclass(frozen=True)
@@ -265,6 +282,21 @@ def _random_baselines(path: Path) -> dict[str, float]:
     return out
 
 
+def describe_baselines(tasks: Sequence[TaskSpec]) -> str:
+    """Which random baselines `tasks` carry: "DCLM 2024", or the tasks whose values differ from it, and a
+    fingerprint (sha256 of the label=value lines) that two runs can compare."""
+    lines = "\n".join(f"{t.label}={t.random_baseline:g}" for t in sorted(tasks, key=lambda t: t.label))
+    fingerprint = f"sha256 {hashlib.sha256(lines.encode()).hexdigest()[:12]}"
+    unknown = [t.label for t in tasks if t.label not in DCLM_2024_BASELINES]
+    differ = [f"{t.label} {t.random_baseline:g} (2024: {DCLM_2024_BASELINES[t.label]:g})" for t in tasks
+              if t.label in DCLM_2024_BASELINES and abs(t.random_baseline - DCLM_2024_BASELINES[t.label]) > 1e-9]
+    if differ:  # e.g. DCLM's corrected 2025 file
+        return f"not DCLM 2024: {', '.join(differ)}; {fingerprint}"
+    if unknown:
+        return f"custom: {len(unknown)} task(s) not in DCLM's table ({', '.join(unknown[:5])}); {fingerprint}"
+    return f"DCLM 2024 (eval_bundle.zip, as upstream nanochat); {fingerprint}"
+
+
 def _check_row(row: object, task_type: str) -> str | None:
     """What is wrong with one row, or None."""
     if not isinstance(row, dict):
@@ -402,6 +434,7 @@ class TaskResult:
     total: int
     examples: list[ExampleResult] = field(default_factory=list)  # this rank's rows
     seconds: float = 0.0
+    cropped: int = 0  # rows (over all ranks) with a prompt longer than max_seq_len, cropped on the left
 
     @property
     def accuracy(self) -> float:
@@ -413,6 +446,18 @@ def _model_device(model) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):  # a parameter-free callable (tests): run on CPU
         return torch.device("cpu")
+
+
+def context_limit(model) -> int | None:
+    """The longest sequence `model` can score: nanochat's GPT, its rotary tables (ROTARY_HEADROOM x the
+    training context, like upstream's 10x cache, so whole prompts are scored as upstream scores them);
+    another model, its max_seq_len attribute (Hugging Face style) or config.sequence_len; else None."""
+    from nanochat.gpt import GPT
+
+    if isinstance(model, GPT):
+        return model.cos.size(1)
+    limit = getattr(model, "max_seq_len", None)
+    return limit if limit is not None else getattr(getattr(model, "config", None), "sequence_len", None)
 
 
 def logits_at(model, idx: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -505,17 +550,19 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return 0, 1
 
 
-def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max_per_task: int = -1,
+def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max_problems: int | None = None,
                   batch_size: int = 32, max_batch_tokens: int | None = None, max_seq_len: int | None = None,
                   autocast=None, rank: int | None = None, world_size: int | None = None,
                   progress_every: float = 30.0, log: Callable[[str], None] = print0) -> TaskResult:
-    """Score the first max_per_task rows (-1 = all) of `rows` (load_rows order); this rank takes rows
+    """Score the first max_problems rows (None = all) of `rows` (load_rows order); this rank takes rows
     rank, rank + world_size, ... Few-shot examples come from all rows, so a row's prompt does not
-    depend on max_per_task. Under torch.distributed every rank must call this (the counts are summed).
+    depend on max_problems. A prompt longer than max_seq_len (None: no limit) is cropped on the left
+    and its row counted in `cropped`. Under torch.distributed every rank must call this (the counts
+    are summed).
     """
     t0 = time.perf_counter()
     rank, world_size = _rank_and_world(rank, world_size)
-    count = len(rows) if max_per_task < 0 else min(len(rows), max_per_task)
+    count = len(rows) if max_problems is None else min(len(rows), max_problems)
     mine = list(range(rank, count, world_size))
     texts, owners = [], []
     for i in mine:
@@ -524,11 +571,12 @@ def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max
         texts += prompts
         owners.append(len(prompts))
     encoded = tokenizer.encode(texts, prepend=tokenizer.bos_token_id) if texts else []
-    sequences, per_row, pos = [], [], 0
+    sequences, per_row, pos, cropped = [], [], 0, 0
     for n in owners:
         spans = scored_spans(task.task_type, encoded[pos : pos + n])
         pos += n
         per_row.append(len(spans))
+        cropped += any(max_seq_len is not None and len(tokens) > max_seq_len for tokens, _, _ in spans)
         sequences += [crop_left(tokens, start, end, max_seq_len) for tokens, start, end in spans]
     progress = _Progress(task.label, len(sequences), progress_every, log) if progress_every > 0 else None
     losses, hits = score_sequences(model, sequences, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
@@ -545,10 +593,10 @@ def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max
         examples.append(ExampleResult(i, predicted, bool(correct), tuple(row_losses)))
     correct, total = sum(e.correct for e in examples), len(examples)
     if dist.is_available() and dist.is_initialized():
-        counts = torch.tensor([correct, total], dtype=torch.long, device=_model_device(model))  # (2,)
+        counts = torch.tensor([correct, total, cropped], dtype=torch.long, device=_model_device(model))  # (3,)
         dist.all_reduce(counts)
-        correct, total = (int(v) for v in counts.tolist())
-    return TaskResult(task.label, correct, total, examples, time.perf_counter() - t0)
+        correct, total, cropped = (int(v) for v in counts.tolist())
+    return TaskResult(task.label, correct, total, examples, time.perf_counter() - t0, cropped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -570,28 +618,32 @@ def core_metric(centered: Sequence[float]) -> float:
     return sum(centered) / len(centered)
 
 
-def evaluate_core(model, tokenizer, bundle: str | os.PathLike | None = None, *, max_per_task: int = -1,
+def evaluate_core(model, tokenizer, bundle: str | os.PathLike | None = None, *, max_problems: int | None = None,
                   batch_size: int = 32, max_seq_len: int | None = None, autocast=None,
                   log: Callable[[str], None] = print0, progress_every: float = 30.0) -> dict:
-    """Every task of the bundle -> {"CORE": float, "tasks": {label: {"accuracy", "centered", "examples",
-    "random_baseline", "seconds"}}}. max_seq_len defaults to the model's config.sequence_len."""
+    """Every task of the bundle -> {"CORE": float, "baselines": describe_baselines(), "max_seq_len": int | None,
+    "tasks": {label: {"accuracy", "centered", "examples", "cropped", "random_baseline", "seconds"}}}.
+    max_seq_len defaults to context_limit(model): prompts are cropped only beyond what the model can run."""
     config = getattr(model, "config", None)
     if max_seq_len is None:
-        max_seq_len = getattr(config, "sequence_len", None)
+        max_seq_len = context_limit(model)
     vocab = getattr(config, "vocab_size", None) or tokenizer.n_vocab
     max_batch_tokens = max(1, MAX_BATCH_LOGITS // vocab)
     tasks = load_tasks(bundle)
+    baselines = describe_baselines(tasks)
+    log(f"random baselines: {baselines}")
     results = {}
     for n, task in enumerate(tasks, start=1):
         rows = load_rows(bundle, task)
-        r = evaluate_task(model, tokenizer, task, rows, max_per_task=max_per_task, batch_size=batch_size,
+        r = evaluate_task(model, tokenizer, task, rows, max_problems=max_problems, batch_size=batch_size,
                           max_batch_tokens=max_batch_tokens, max_seq_len=max_seq_len, autocast=autocast,
                           progress_every=progress_every, log=log)
         centered = centered_accuracy(r.accuracy, task.random_baseline)
         results[task.label] = {"accuracy": r.accuracy, "centered": centered, "examples": r.total,
-                               "random_baseline": task.random_baseline, "seconds": r.seconds}
+                               "cropped": r.cropped, "random_baseline": task.random_baseline, "seconds": r.seconds}
+        crop_note = f", {r.cropped} cropped to {max_seq_len} tokens" if r.cropped else ""
         log(f"[{n:2d}/{len(tasks)}] {task.label:<34} accuracy {r.accuracy:.4f}  centered {centered:+.4f}  "
-            f"({r.total} rows, {task.num_fewshot}-shot, {r.seconds:.1f}s)")
+            f"({r.total} rows{crop_note}, {task.num_fewshot}-shot, {r.seconds:.1f}s)")
     core = core_metric([t["centered"] for t in results.values()])
     log(f"CORE: {core:.4f}")
-    return {"CORE": core, "tasks": results}
+    return {"CORE": core, "baselines": baselines, "max_seq_len": max_seq_len, "tasks": results}

@@ -4,6 +4,7 @@
     python -m nanochat.dataset --corpus=ko -n 8        # FineWeb-2 Korean (Arrow, converted to parquet)
     python -m nanochat.dataset --corpus=embedded       # offline: shards built from the local Python install
     python -m nanochat.dataset --corpus=/data/shards   # a local folder of .parquet or .arrow files
+    python -m nanochat.dataset --corpus=/data/mixed.jsonl   # JSON lines (a file or folder): shards of their `text`
     python -m nanochat.dataset --corpus='https://host/x/shard_{index:05d}.parquet' --num_total_shards=100 -n 8
 
 A data dir ($NANOCHAT_BASE_DIR/base_data for English, base_data_ko for Korean, base_data_<name>
@@ -65,7 +66,7 @@ class DataSource:
     """One pretraining corpus: where its shards come from and which data dir they go to."""
 
     name: str  # registry key, or derived from a folder / URL template
-    kind: str  # "hf" (Hugging Face dataset repo), "url" (URL or path template), "folder", "embedded"
+    kind: str  # "hf" (Hugging Face dataset repo), "url" (URL or path template), "folder", "embedded", "jsonl"
     description: str = ""
     num_total_shards: int = 0  # shards in the corpus, the last being validation; 0 = known once built
     hf_repo: str = ""  # kind "hf": owner/name of the dataset repo
@@ -88,7 +89,7 @@ class DataSource:
         """Where the bytes come from, independent of any mirror endpoint (compared across runs)."""
         if self.kind == "hf":
             return f"{HF_ENDPOINT}/datasets/{self.hf_repo}/resolve/main/{self.template}"
-        if self.kind == "folder":
+        if self.kind in ("folder", "jsonl"):
             return self.folder
         return self.template or f"embedded:{self.name}"
 
@@ -162,6 +163,9 @@ def resolve_source(spec: str | DataSource, *, name: str | None = None, num_total
     if "{index" in spec:
         return _template_source(spec, name, num_total_shards)
     path = Path(spec).expanduser()
+    if _is_jsonl_corpus(path):  # rebuilt whole on every run, like an embedded source
+        return DataSource(_slug(name or (path.stem if path.is_file() else path.name)), "jsonl",
+                          f"JSON lines {path.resolve()}", folder=str(path.resolve()))
     if path.is_dir():
         if num_total_shards:
             raise DatasetError("--num_total_shards is not needed with a folder: every file in it is a shard")
@@ -169,6 +173,12 @@ def resolve_source(spec: str | DataSource, *, name: str | None = None, num_total
     known = ", ".join(SOURCES)
     raise DatasetError(f"unknown source {spec!r}: use one of {known}, a folder of .parquet/.arrow files, "
                        "or a URL template such as 'https://host/x/shard_{index:05d}.parquet' with --num_total_shards")
+
+
+def _is_jsonl_corpus(path: Path) -> bool:
+    from nanochat.text_sources import is_jsonl_corpus  # imported here: text_sources imports this module
+
+    return is_jsonl_corpus(path)
 
 
 def _template_source(spec: str, name: str | None, total: int | None) -> DataSource:
@@ -232,7 +242,7 @@ def _new_manifest(src: DataSource, out: Path, checksums: str) -> dict:
              "command": src.command(), "num_total_shards": src.num_total_shards,
              "val_shard": shard_name(src.val_index), "checksums": checksums, "shards": {}}
     old = read_manifest(out)
-    if old is None or src.kind == "embedded":  # an embedded dir is rebuilt whole every time
+    if old is None or src.kind in ("embedded", "jsonl"):  # these dirs are rebuilt whole every time
         return fresh
     if any(old.get(k) != fresh[k] for k in ("source", "origin", "num_total_shards")):
         raise DatasetError(
@@ -345,7 +355,7 @@ def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int | None =
     out = get_base_dir() / src.dirname
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
-        if src.kind == "embedded":
+        if src.kind in ("embedded", "jsonl"):
             return _build_embedded(src, out, num_shards, max_chars, shard_chars)
         return _fetch(src, out, num_shards, workers, verify, retries, endpoint or hf_endpoint())
 
@@ -450,9 +460,6 @@ def _embedded_documents(name: str) -> tuple[list[str], list[str], dict]:
     if not docs:
         raise DatasetError("--corpus=embedded-ko needs the Korean texts shipped in the konlpy wheel: "
                            "uv pip install konlpy (Java is not needed)")
-    # a fixed tenth of the documents, chosen by content hash, so the split never depends on file order
-    ranked = sorted(range(len(docs)), key=lambda i: hashlib.sha256(docs[i].encode()).digest())
-    val_ids = set(ranked[: max(1, len(docs) // 10)])
     try:
         import importlib.metadata
         version = importlib.metadata.version("konlpy")
@@ -461,8 +468,24 @@ def _embedded_documents(name: str) -> tuple[list[str], list[str], dict]:
     provenance = {"builder": "nanochat.embedded_corpus.korean_documents()",
                   "sources": [{"source": "konlpy/data/corpus (kolaw, kobill)", "version": version,
                                "license": "GPL v3 (konlpy wheel metadata)", "documents": len(docs)}]}
-    return ([d for i, d in enumerate(docs) if i not in val_ids],
-            [d for i, d in enumerate(docs) if i in val_ids], provenance)
+    return (*_hash_split(docs), provenance)
+
+
+def _jsonl_documents(src: DataSource) -> tuple[list[str], list[str], dict]:
+    """(train, validation, provenance) of a JSON-lines corpus; the whole text is held in memory."""
+    from nanochat.text_sources import iter_texts, resolve_text_field
+
+    docs = list(iter_texts(src.folder))
+    return (*_hash_split(docs), {"builder": "nanochat.text_sources.iter_texts()", "text_field": resolve_text_field(),
+                                 "sources": [{"source": src.folder, "documents": len(docs)}]})
+
+
+def _hash_split(docs: list[str]) -> tuple[list[str], list[str]]:
+    """(train, validation): a fixed tenth (at least one) chosen by content hash, so the split never
+    depends on file order."""
+    ranked = sorted(range(len(docs)), key=lambda i: hashlib.sha256(docs[i].encode()).digest())
+    val_ids = set(ranked[: max(1, len(docs) // 10)])
+    return [d for i, d in enumerate(docs) if i not in val_ids], [d for i, d in enumerate(docs) if i in val_ids]
 
 
 def _group_documents(docs: Iterable[str], max_chars: int | None, shard_chars: int) -> list[list[str]]:
@@ -490,7 +513,7 @@ def _build_embedded(src: DataSource, out: Path, num_shards: int | None, max_char
     not -n, and the data dir ends up holding exactly this run's shards (stale ones are removed)."""
     if shard_chars < 1 or (max_chars is not None and max_chars < 1):
         raise DatasetError(f"--shard_chars and --max_chars must be >= 1, got {shard_chars}, {max_chars}")
-    train, val, provenance = _embedded_documents(src.name)
+    train, val, provenance = _jsonl_documents(src) if src.kind == "jsonl" else _embedded_documents(src.name)
     groups = _group_documents(train, max_chars, shard_chars)
     val = [d for d in val if d and d.strip()]
     if not groups or not val:
@@ -526,6 +549,9 @@ def _locate(data_dir: str | os.PathLike | None) -> tuple[Path, DataSource | None
         key = ALIASES.get(data_dir.lower(), data_dir.lower())
         if key in SOURCES:
             return base / SOURCES[key].dirname, SOURCES[key]
+        if _is_jsonl_corpus(Path(data_dir).expanduser()):  # training reads the shards built from it
+            src = resolve_source(data_dir)
+            return base / src.dirname, src
         if not re.search(r"[/\\]", data_dir) and not data_dir.startswith(("~", ".")):
             return base / f"base_data_{data_dir}", None  # the <name> of a folder / URL source
     path = Path(data_dir).expanduser()
@@ -541,7 +567,7 @@ def fetch_command(data_dir: str | os.PathLike | None = None) -> str:
     if src is not None:
         if src.name == DEFAULT_SOURCE:
             return f"{src.command()} -n 8 (offline: {src.command()} --corpus=embedded)"
-        return src.command() + ("" if src.kind == "embedded" else " -n 8")
+        return src.command() + ("" if src.kind in ("embedded", "jsonl") else " -n 8")
     manifest = read_manifest(directory)
     if manifest and manifest.get("command"):
         return f"{manifest['command']} -n 8"

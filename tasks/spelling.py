@@ -2,17 +2,27 @@
 the calculator) and SimpleSpelling (spell a word letter by letter).
 
 Tokens hide letters from the model; these tasks teach it to spell a word out and to hand counting
-to the tool. The real word list is words_alpha.txt (dwyl/english-words, ~370k words): pass its
-path. Without one, `load_words()` derives a list offline (see there); nothing is downloaded here.
+to the tool. The word list, in this order: a path passed in; words_alpha.txt (dwyl/english-words,
+~370k words) from the tasks.sources registry (`python -m tasks.sources --dataset=words`, or
+NANOCHAT_SOURCE_WORDS_ALPHA=/path/words_alpha.txt); else a list derived offline (see load_words).
+Nothing is downloaded here. `word_list` says which one a task uses.
+
+Every list is split by a hash of each word: a tenth of the words are evaluation words, the rest
+training words, so training (split="train", the default) never spells or counts a word that
+evaluation (split="eval") asks about, whichever list is used and whatever the seeds. Drawing both
+from one list, as upstream does, lets a model be scored on words it was trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from pathlib import Path
+from typing import Literal
 
 from nanochat.calculator import evaluate as calculate
+from nanochat.common import print0
 from tasks.common import Task, assistant_text, extract_final_number, numbers_equal
 
 # the last resort when the Python install has no pydoc_data (some distro builds strip it)
@@ -27,6 +37,43 @@ necessary occasionally accommodate embarrass parallel vacuum rhythm sphinx queue
 
 _WORD = re.compile(r"\b[a-z]{3,12}\b")
 _VOWELS = set("aeiouy")
+EVAL_BUCKETS = 10  # one word in EVAL_BUCKETS (by hash) is an evaluation word
+Split = Literal["train", "eval", "all"]
+
+
+def is_eval_word(word: str) -> bool:
+    """Whether `word` is held out for evaluation: fixed by the word alone, the same in every list."""
+    digest = hashlib.sha256(word.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % EVAL_BUCKETS == 0
+
+
+def split_words(words: list[str], split: Split) -> list[str]:
+    """The training words (split="train"), the evaluation words ("eval"), or all of them, in order."""
+    if split == "all":
+        return list(words)
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be train, eval or all, got {split!r}")
+    return [w for w in words if is_eval_word(w) == (split == "eval")]
+
+
+def resolve_word_list(path: str | Path | None = None) -> tuple[list[str], str]:
+    """(words, what they are): the file at `path`, else the registry's words_alpha.txt when present
+    (downloaded, or named by NANOCHAT_SOURCE_WORDS_ALPHA), else the built-in list."""
+    if path is not None:
+        words = load_words(path)
+        return words, f"{path} ({len(words):,} words)"
+    from tasks.sources import require  # imported here: the registry is only needed for this lookup
+
+    try:
+        (registry,) = require("words", "alpha")
+    except FileNotFoundError:
+        import sys
+
+        words = load_words()
+        return words, (f"built-in (Python {sys.version_info.major}.{sys.version_info.minor} help topics, "
+                       f"{len(words):,} words; words_alpha.txt: python -m tasks.sources --dataset=words)")
+    words = load_words(registry)
+    return words, f"words_alpha.txt ({registry}, {len(words):,} words)"
 
 
 def load_words(path: str | Path | None = None) -> list[str]:
@@ -56,14 +103,25 @@ def load_words(path: str | Path | None = None) -> list[str]:
 
 
 class _WordTask(Task):
+    """size examples drawn with `seed` from the `split` words of a list: `words`, else resolve_word_list(words_path)."""
+
     eval_type = "generative"
 
     def __init__(self, size: int = 1000, seed: int = 0, words: list[str] | None = None,
-                 words_path: str | Path | None = None, **kwargs):
+                 words_path: str | Path | None = None, split: Split = "train", **kwargs):
         if size < 0:
             raise ValueError(f"{type(self).__name__} size must be >= 0, got {size}")
-        self.size, self.seed = size, seed
-        self.words = list(words) if words is not None else load_words(words_path)
+        self.size, self.seed, self.split = size, seed, split
+        if words is not None:
+            words = list(dict.fromkeys(words))  # distinct, in the caller's order
+            listed = f"given ({len(words):,} words)"
+        else:
+            words, listed = resolve_word_list(words_path)
+        self.words = split_words(words, split)
+        if not self.words:
+            raise ValueError(f"the word list {listed} has no {split} words: give a longer list")
+        self.word_list = f"{listed}, {len(self.words):,} {split} words"  # for logs and the report
+        print0(f"{type(self).__name__}: word list {self.word_list}")
         super().__init__(**kwargs)
 
     def num_examples(self) -> int:

