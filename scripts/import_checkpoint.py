@@ -41,12 +41,23 @@ class Options:
 
 
 def split_positional(argv: list[str]) -> list[str]:
-    """config.py reads --key=value only: turn the one bare argument FROM into --from_dir=FROM."""
-    bare = [a for a in argv if not a.startswith("-")]
+    """config.py reads options only: turn the one bare argument FROM into --from_dir=FROM.
+
+    A bare word right after a `--key` without `=` (not a boolean flag) is that option's value."""
+    flags = {f"--{f.name}" for f in dataclasses.fields(Options) if f.type in (bool, "bool")}
+    out, bare = [], []
+    for i, arg in enumerate(argv):
+        prev = argv[i - 1] if i else ""
+        is_value = prev.startswith("--") and "=" not in prev and prev not in flags
+        if arg.startswith("-") or is_value:
+            out.append(arg)
+        else:
+            bare.append(arg)
+            out.append(f"--from_dir={arg}")
     if len(bare) > 1:
         print(f"error: one folder to import, got {len(bare)}: {' '.join(bare)}", file=sys.stderr)
         sys.exit(2)
-    return [f"--from_dir={a}" if not a.startswith("-") else a for a in argv]
+    return out
 
 
 def same_tokenizer(a, b) -> bool:
