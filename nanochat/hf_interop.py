@@ -222,36 +222,23 @@ def _to_bytes(text: str) -> bytes:
         raise FormatError(f"vocabulary entry {text!r} is not byte-level BPE (character {e} has no byte)") from None
 
 
-def _merge_parts(token: bytes, ranks: dict[bytes, int]) -> list[bytes]:
-    """tiktoken's BPE of `token` using only ranks below its own: the pair a real merge made it from."""
-    limit = ranks[token]
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 1:
-        best, at = limit, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1], limit)
-            if r < best:
-                best, at = r, i
-        if at < 0:
-            break
-        parts[at : at + 2] = [parts[at] + parts[at + 1]]
-    return parts
-
-
 def merges_from_ranks(id_bytes: list[bytes]) -> list[tuple[bytes, bytes]]:
-    """The BPE merge list that tiktoken's ranks imply, in rank order (the usual tiktoken -> HF recovery).
+    """The BPE merge list that reproduces tiktoken's encoding of these ranks.
 
-    A token whose lower-ranked BPE does not end in two parts is reachable only as a whole pre-token;
-    the tokenizer's ignore_merges (look the whole piece up first, as tiktoken does) still finds it.
+    tiktoken merges, at each step, the adjacent pair whose concatenation has the lowest rank, whatever
+    pair made that token in training. So every split (a, b) of every token with both halves in the
+    vocabulary is a merge, ordered by the rank of a + b (then of a, then of b): the BPE model then
+    picks the same pair at each step. This is also the list transformers' TikTokenConverter builds.
     """
     ranks = {token: rank for rank, token in enumerate(id_bytes)}
     merges = []
-    for token in id_bytes:
-        if len(token) > 1:
-            parts = _merge_parts(token, ranks)
-            if len(parts) == 2:
-                merges.append((parts[0], parts[1]))
-    return merges
+    for rank, token in enumerate(id_bytes):
+        for i in range(1, len(token)):
+            left, right = token[:i], token[i:]
+            if left in ranks and right in ranks:
+                merges.append((rank, ranks[left], ranks[right], left, right))
+    merges.sort()
+    return [(left, right) for *_, left, right in merges]
 
 
 def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
@@ -278,7 +265,8 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+            "ignore_merges": True,  # a pre-token that is itself in the vocabulary is one id, as in tiktoken
             "vocab": {_to_unicode(b): i for i, b in enumerate(id_bytes)},
             "merges": [[_to_unicode(a), _to_unicode(b)] for a, b in merges_from_ranks(id_bytes)],
         },
@@ -324,13 +312,33 @@ def tokenizer_from_hf_json(data: dict) -> Tokenizer:
     if [specials[n] for n in names] != list(range(len(ranks), len(ranks) + len(names))):
         raise FormatError("tokenizer.json's special tokens do not follow the vocabulary's ids without a gap")
     tokenizer = Tokenizer.from_ranks(ranks, splits[0]["pattern"]["Regex"], names)
-    id_bytes = [tokenizer.id_to_token_bytes(i) for i in range(len(ranks))]
-    expected = [[_to_unicode(a), _to_unicode(b)] for a, b in merges_from_ranks(id_bytes)]
-    got = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges", [])]
-    if got != expected:
-        raise FormatError("tokenizer.json's merges are not those its vocabulary's ranks imply: this project "
-                          "encodes by rank (tiktoken) and would tokenize some text differently")
+    _check_merges(model.get("merges", []), ranks)
     return tokenizer
+
+
+def _check_merges(merges: list, ranks: dict[bytes, int]) -> None:
+    """Refuse merges that would encode differently from tiktoken on these ranks: this project
+    encodes by rank, so the file's merges must be exactly every split, in the order of their results."""
+    id_bytes = sorted(ranks, key=ranks.__getitem__)
+    expected = {(_to_unicode(a), _to_unicode(b)) for a, b in merges_from_ranks(id_bytes)}
+    got, last = set(), -1
+    for m in merges:
+        pair = tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+        if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise FormatError(f"tokenizer.json has a malformed merge {m!r}")
+        rank = ranks.get(_to_bytes(pair[0] + pair[1]))
+        if rank is None:
+            raise FormatError(f"tokenizer.json's merge {m!r} makes a token that is not in its vocabulary")
+        if rank < last:
+            raise FormatError(f"tokenizer.json's merge {m!r} is out of rank order: its merges are not the ones its "
+                              "vocabulary's ranks imply, and this project (which encodes by rank) would "
+                              "tokenize some text differently")
+        last = rank
+        got.add(pair)
+    if got != expected:
+        raise FormatError(f"tokenizer.json's merges are not the ones its vocabulary's ranks imply ({len(got)} "
+                          f"merges, {len(expected)} expected): this project encodes by rank and would "
+                          "tokenize some text differently")
 
 
 # ----------------------------------------------------------------------------------------------

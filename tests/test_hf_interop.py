@@ -185,6 +185,19 @@ def test_import_refuses_what_the_model_cannot_compute(exported, tmp_path):
             read_hf_dir(broken)
 
 
+def test_import_refuses_merges_that_would_tokenize_differently(exported, tmp_path):
+    import shutil
+
+    for name, edit in (("dropped", lambda m: m[:-1]), ("reordered", lambda m: m[::-1])):
+        broken = tmp_path / name
+        shutil.copytree(exported, broken)
+        data = json.loads((broken / "tokenizer.json").read_text())
+        data["model"]["merges"] = edit(data["model"]["merges"])
+        (broken / "tokenizer.json").write_text(json.dumps(data))
+        with pytest.raises(FormatError, match="merge"):
+            read_hf_dir(broken)
+
+
 # ---- the tokenizer
 
 
@@ -207,6 +220,22 @@ def test_exported_tokenizer_gives_the_same_ids(name, exported, hf_tokenizer, tok
         expected = [sp("<|bos|>"), *tokenizer.encode("Hi"), sp("<|user_end|>"), *tokenizer.encode(" and "),
                     sp("<|assistant_start|>")]
         assert hf_tokenizer.encode(text, add_special_tokens=False) == expected
+
+
+def test_exported_tokenizer_agrees_on_long_mixed_text(exported, tokenizer):
+    import random
+
+    import tokenizers
+
+    rng = random.Random(0)
+    alphabet = "abcxyz ABC 0123456789 \n\t\r.,;:'\"!?-_()[]{}<>|/\\ 가나다한국 こんにちは ñéß 🙂🚀👩‍👧 \u200b"
+    texts = [(REPO_ROOT / "README.md").read_text(encoding="utf-8"),
+             (REPO_ROOT / "nanochat" / "tokenizer.py").read_text(encoding="utf-8"),
+             "".join(rng.choice(alphabet) for _ in range(5000))]
+    raw = tokenizers.Tokenizer.from_file(str(exported / "tokenizer.json"))
+    raw.encode_special_tokens = True  # README.md mentions <|bos|>: here it is text, as in our encode
+    for text in texts:
+        assert raw.encode(text, add_special_tokens=False).ids == tokenizer.encode(text)
 
 
 def test_chat_template_renders_exactly_as_render_for_completion(hf_tokenizer, tokenizer):
