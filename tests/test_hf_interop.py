@@ -171,6 +171,20 @@ def test_export_import_round_trip_is_bit_exact(exported, model, tokenizer):
         tokenizer.id_to_token_bytes(i) for i in range(tokenizer.n_vocab)]
 
 
+def test_export_replaces_only_an_earlier_export(tmp_path, model, tokenizer):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an exported NanoChat folder"):
+        write_hf_dir(other, model.state_dict(), model.config, tokenizer, "card")
+    assert (other / "mine.txt").read_text() == "keep me"
+    out = tmp_path / "hf"
+    write_hf_dir(out, model.state_dict(), model.config, tokenizer, "first")
+    write_hf_dir(out, model.state_dict(), model.config, tokenizer, "second")
+    assert (out / "README.md").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "notes"]  # no temp folder left behind
+
+
 def test_import_refuses_what_the_model_cannot_compute(exported, tmp_path):
     import shutil
 
