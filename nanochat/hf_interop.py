@@ -152,7 +152,10 @@ def hf_config(config: GPTConfig, tokenizer: Tokenizer, dtype: torch.dtype) -> di
         "tie_word_embeddings": False,
         "bos_token_id": bos,
         "eos_token_id": [end, bos],
-        "pad_token_id": end,  # chat_data pads with it too; padded positions are masked anyway
+        # no pad id in the model: NanoChat makes it the embedding's padding_idx, whose row then gets no
+        # gradient, which would freeze that token's embedding in fine-tuning (generation pads via
+        # generation_config.json, the tokenizer via its pad_token)
+        "pad_token_id": None,
         "use_cache": True,
         "dtype": str(dtype).removeprefix("torch."),
     }

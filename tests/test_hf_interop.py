@@ -100,8 +100,18 @@ def test_config_carries_every_shape_and_option(exported, model, tokenizer):
                                                                     c.vocab_size, c.sequence_len)
     assert cfg["rope_parameters"]["rope_theta"] == c.rope_base and cfg["final_logit_softcapping"] == c.softcap
     assert cfg["intermediate_size"] == 4 * c.n_embd and cfg["hidden_act"] == "relu2"
+    assert cfg["pad_token_id"] is None  # else NanoChat's embedding would freeze that row in fine-tuning
     gen = json.loads((exported / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [tokenizer.encode_special("<|assistant_end|>"), tokenizer.bos_token_id]
+
+
+def test_transformers_builds_the_model_as_configured(hf_model, model):
+    c = model.config
+    assert type(hf_model).__name__ == "NanoChatForCausalLM"
+    assert hf_model.model.embed_tokens.padding_idx is None
+    assert hf_model.lm_head.weight.data_ptr() != hf_model.model.embed_tokens.weight.data_ptr()  # untied
+    assert len(hf_model.model.layers) == c.n_layer
+    assert hf_model.model.layers[0].self_attn.k_proj.out_features == c.n_kv_head * c.head_dim
 
 
 def test_logits_match_on_random_and_real_prompts(model, hf_model, tokenizer):
