@@ -83,10 +83,13 @@ class FormatError(ValueError):
 # Weights
 
 
-def _flip_rotary_halves(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+def _flip_rotary_halves(weight: torch.Tensor, config: GPTConfig, n_heads: int) -> torch.Tensor:
     """Negate rows D/2..D-1 of every head of a (n_heads * D, C) q or k projection (see the docstring)."""
-    out = weight.clone()
-    view = out.view(n_heads, 2, -1, weight.size(1))  # (heads, 2 halves, D/2, C)
+    if tuple(weight.shape) != (n_heads * config.head_dim, config.n_embd):
+        raise FormatError(f"a q/k projection has shape {tuple(weight.shape)}, the config implies "
+                          f"{(n_heads * config.head_dim, config.n_embd)}")
+    out = weight.clone(memory_format=torch.contiguous_format)
+    view = out.view(n_heads, 2, config.head_dim // 2, config.n_embd)  # (heads, 2 halves, D/2, C)
     view[:, 1].neg_()
     return out
 
@@ -121,7 +124,7 @@ def _rename(state: dict[str, torch.Tensor], config: GPTConfig, *, forward: bool)
         tensor = state[src]
         for proj, heads in (("q", config.n_head), ("k", config.n_kv_head)):
             if src.endswith((f"attn.c_{proj}.weight", f"self_attn.{proj}_proj.weight")):
-                tensor = _flip_rotary_halves(tensor, heads)
+                tensor = _flip_rotary_halves(tensor, config, heads)
         out[dst] = tensor.contiguous()
     return out
 
