@@ -146,14 +146,14 @@ def test_parse_args_exit_codes(tmp_path):
 
 def test_unique_prefix_abbreviates_a_key_and_ambiguity_is_refused():
     @dataclass
-    class O:
+    class Paths:
         out_dir: str | None = None  # where to write
         max_seq_len: int = 8  # context
         max_new_tokens: int = 4  # reply length
 
-    assert parse(O, ["--out=/tmp/x"]).out_dir == "/tmp/x"  # as argparse's allow_abbrev
-    assert parse(O, ["--max_seq=16"]).max_seq_len == 16
+    assert parse(Paths, ["--out=/tmp/x"]).out_dir == "/tmp/x"  # as argparse's allow_abbrev
+    assert parse(Paths, ["--max_seq=16"]).max_seq_len == 16
     with pytest.raises(ConfigError, match="--max is ambiguous: it could be --max_seq_len, --max_new_tokens"):
-        parse(O, ["--max=3"])
+        parse(Paths, ["--max=3"])
     with pytest.raises(ConfigError, match="did you mean --max_seq_len"):
-        parse(O, ["--max_sequence=3"])
+        parse(Paths, ["--max_sequence=3"])
