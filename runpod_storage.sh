@@ -30,7 +30,11 @@ case "$ART" in /*) ;; *) ART="$PWD/$ART" ;; esac
 case "$WORKSPACE" in /*) ;; *) WORKSPACE="$PWD/$WORKSPACE" ;; esac
 BACKUPS="$WORKSPACE/backups"
 REPORT="$WORKSPACE/nanochat_final_report.md"
-PHASE_DIRS=(base_checkpoints mid_checkpoints chatsft_checkpoints chatrl_checkpoints)
+# the checkpoint folders of the training phases: nanochat/phases.py's list (standard library only)
+PHASE_DIRS=()
+while read -r _phase dirname _producer; do PHASE_DIRS+=("$dirname"); done \
+  < <(cd "$(dirname "${BASH_SOURCE[0]}")" && python3 -m nanochat.phases)
+[ "${#PHASE_DIRS[@]}" -gt 0 ] || { echo "error: could not read the phases (python3 -m nanochat.phases)" >&2; exit 1; }
 PROG="bash runpod_storage.sh"
 STALE_MIN=60  # temp files untouched this many minutes belong to no running writer
 # restore refuses an archive that unpacks to more than RESTORE_MAX_RATIO times its own size once it

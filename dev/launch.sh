@@ -33,9 +33,10 @@ if [ -n "${NANOCHAT_PYTHON:-}" ]; then PY=$NANOCHAT_PYTHON
 elif [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"
 else PY=$(command -v python3 || echo python3)
 fi
-# which folder each training script writes its checkpoints to (a --test run gets a fresh one)
-declare -A OUTPUT_DIR=([base_train]=base_checkpoints [mid_train]=mid_checkpoints [chat_sft]=chatsft_checkpoints
-                       [chat_rl]=chatrl_checkpoints [tok_train]=tokenizer)
+# which folder each training script writes its checkpoints to (a --test run gets a fresh one); the
+# phases and their folders are nanochat/phases.py's, read once here
+declare -A OUTPUT_DIR=([tok_train]=tokenizer)
+while read -r _phase dirname producer; do OUTPUT_DIR[$producer]=$dirname; done < <(PYTHONPATH="$REPO" "$PY" -m nanochat.phases)
 
 die() { echo "error: $*" >&2; exit 1; }
 usage() {

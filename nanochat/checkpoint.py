@@ -31,19 +31,7 @@ import torch
 from nanochat.common import get_base_dir, get_dist_info
 
 
-@dataclass(frozen=True)
-class _Phase:
-    dirname: str  # folder under the base dir
-    producer: str  # the script that writes it, named in "no checkpoint" errors
-
-
-# The one mapping from phase names to folders; everything else goes through it.
-PHASES: dict[str, _Phase] = {
-    "base": _Phase("base_checkpoints", "scripts.base_train"),
-    "mid": _Phase("mid_checkpoints", "scripts.mid_train"),
-    "sft": _Phase("chatsft_checkpoints", "scripts.chat_sft"),
-    "rl": _Phase("chatrl_checkpoints", "scripts.chat_rl"),
-}
+from nanochat.phases import PHASES, Phase  # noqa: F401 (re-exported: the phase names checkpoints use)
 
 FORMAT = "nanochat-checkpoint/1"
 MODEL_FILE = "model.safetensors"

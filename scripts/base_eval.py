@@ -18,31 +18,27 @@ is longer than the model's rotary tables), then CORE, then which random baseline
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanochat.common import get_base_dir, print0, run_main, setup_logging
+from nanochat.common import DeviceType, DType, atomic_path, get_base_dir, print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args
+from nanochat.phases import Phase
 from nanochat.report import SECTION_BASE_EVAL, log_section
 
 
 @dataclass
 class Options:
-    source: str = "base"  # which checkpoints: base | mid | sft | rl
+    source: Phase = "base"  # which phase's checkpoint
     model_tag: str | None = None  # checkpoint folder (None = the most recently saved tag)
     step: int | None = None  # checkpoint step (None = latest)
     max_problems: int | None = None  # rows evaluated per task (None = all; e.g. 500 for a quick estimate)
     device_batch_size: int = 32  # sequences per forward pass (1 = one at a time; 8 is fastest on a CPU)
-    device_type: str = ""  # cuda | mps | cpu ('' = autodetect)
-    dtype: str = ""  # bf16 | fp16 | fp32 ('' = bf16 on CUDA, fp32 elsewhere)
+    device_type: DeviceType | None = None  # None = autodetect
+    dtype: DType | None = None  # None = bf16 on CUDA, fp32 elsewhere
     download_only: bool = False  # fetch and unpack the eval bundle into $NANOCHAT_BASE_DIR, then exit
 
     def __post_init__(self):
-        from nanochat.checkpoint import PHASES
-
-        if self.source not in PHASES:
-            raise ValueError(f"--source must be one of {', '.join(PHASES)}, got {self.source!r}")
         if self.max_problems is not None and self.max_problems < 1:
             raise ValueError(f"--max_problems must be a positive count (or none for all rows), got {self.max_problems}")
         if self.device_batch_size < 1:
@@ -58,8 +54,7 @@ def write_results_csv(path: Path, results: dict) -> Path:
     """One row per task, a CORE row and a last `Random baselines` row naming the baselines' table;
     written to a temp name and renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(["Task", "Accuracy", "Centered", "Random baseline", "Rows", "Cropped rows"])
         for label, t in results["tasks"].items():
@@ -67,7 +62,6 @@ def write_results_csv(path: Path, results: dict) -> Path:
                           t["cropped"]])
         out.writerow(["CORE", "", f"{results['CORE']:.6f}", "", "", ""])
         out.writerow(["Random baselines", "", "", results["baselines"], "", ""])
-    os.replace(tmp, path)
     return path
 
 
@@ -109,25 +103,20 @@ def fetch_bundle(compute) -> Path:
 
 
 def main(opts: Options) -> dict:
-    from nanochat.checkpoint import checkpoint_dir, load_model
-    from nanochat.common import autocast, compute_cleanup, compute_init, resolve_dtype
+    from nanochat.checkpoint import checkpoint_dir, load_model_and_tokenizer
+    from nanochat.common import compute_cleanup, compute_init
     from nanochat.core_eval import ensure_bundle, evaluate_core
-    from nanochat.tokenizer import Tokenizer
 
     if opts.download_only:
         path = ensure_bundle()
         print0(f"eval bundle: {path}")
         return {"bundle": str(path)}
-    compute = compute_init(opts.device_type)
-    amp = autocast(compute.device_type, resolve_dtype(opts.dtype, compute.device_type))
+    compute = compute_init(opts.device_type, dtype=opts.dtype)
+    amp = compute.autocast()
     print0(format_config(opts))
     bundle = fetch_bundle(compute)
-    tokenizer = Tokenizer.load(get_base_dir() / "tokenizer")
     ckpt_dir = checkpoint_dir(opts.source, opts.model_tag)
-    model, meta = load_model(ckpt_dir, opts.step, device=compute.device)
-    if model.config.vocab_size != tokenizer.n_vocab:
-        raise ValueError(f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the tokenizer's "
-                         f"({tokenizer.n_vocab}): was the tokenizer retrained after this model?")
+    model, tokenizer, meta = load_model_and_tokenizer(ckpt_dir, opts.step, device=compute.device)
     print0(f"model: {ckpt_dir} step {meta['step']}, eval bundle: {bundle}")
     results = evaluate_core(model, tokenizer, bundle, max_problems=opts.max_problems,
                             batch_size=opts.device_batch_size, autocast=amp)

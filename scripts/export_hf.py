@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from nanochat.common import print0, run_main
 from nanochat.config import parse_args
+from nanochat.phases import Phase
 
 
 @dataclass
 class Options:
-    source: Literal["base", "mid", "sft", "rl"] = "sft"  # which phase's checkpoint to export
+    source: Phase = "sft"  # which phase's checkpoint to export
     model_tag: str | None = None  # checkpoint folder (None = the most recently saved)
     step: int | None = None  # checkpoint step (None = the latest)
     out_dir: str | None = None  # the folder to write (required); replaces an earlier export there

@@ -18,16 +18,16 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from nanochat.common import print0, run_main
 from nanochat.config import parse_args
+from nanochat.phases import Phase
 
 
 @dataclass
 class Options:
     from_dir: str | None = None  # the folder to import (or give it as the one bare argument)
-    phase: Literal["base", "mid", "sft", "rl"] = "sft"  # the phase to file the model under
+    phase: Phase = "sft"  # the phase to file the model under
     model_tag: str | None = None  # checkpoint folder to create (None = the upstream folder's name, or d<layers>)
     step: int | None = None  # upstream: the step to import (None = latest); a Hugging Face folder is filed as this step (None = 0)
     tokenizer_dir: str | None = None  # upstream tokenizer folder (None = FROM/tokenizer, else FROM/../../tokenizer)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from nanochat.common import print0, run_main
 from nanochat.config import parse_args
+from nanochat.phases import Phase
 
 
 @dataclass
 class Options:
-    source: Literal["base", "mid", "sft", "rl"] | None = None  # the phase to plot (None = every phase with metrics)
+    source: Phase | None = None  # the phase to plot (None = every phase with metrics)
     model_tag: str | None = None  # run folder under the phase, e.g. d20 (None = the one written last)
     out_dir: str | None = None  # where the PNGs go (None = $NANOCHAT_BASE_DIR/report/plots)
 

@@ -299,7 +299,7 @@ def require(dataset: str, split: str, *, url: str | None = None) -> list[Path]:
 @dataclass
 class Options:
     dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | words | all
-    split: str = ""  # one split (e.g. auxiliary_train, ARC-Easy/test); '' = every split of the dataset
+    split: str | None = None  # one split (e.g. auxiliary_train, ARC-Easy/test); None = every split of the dataset
     url: str | None = None  # override: an http(s) URL or a local path (comma-separated for several files); one split only
     retries: int = 5  # extra attempts per file after a network error or a bad file
 
@@ -316,7 +316,7 @@ def main(opts: Options) -> list[Path]:
     out: list[Path] = []
     for name in names:
         for split in [opts.split] if opts.split else splits(name):
-            paths = fetch(name, split, url=opts.url or None, retries=opts.retries)
+            paths = fetch(name, split, url=opts.url, retries=opts.retries)
             print(f"{name} {split}: " + ", ".join(str(p) for p in paths))
             out += paths
     return out
