@@ -161,6 +161,24 @@ def dist_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """This process's (rank, world size): the values given, else the started torch.distributed job's,
+    else the torchrun environment's (0 and 1 outside torchrun). The one place these defaults live."""
+    if rank is None or world_size is None:
+        if dist_initialized():
+            import torch.distributed as dist
+
+            found = (dist.get_rank(), dist.get_world_size())
+        else:
+            info = get_dist_info()
+            found = (info.rank, info.world_size)
+        rank = found[0] if rank is None else rank
+        world_size = found[1] if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    return rank, world_size
+
+
 def print0(*args, **kwargs) -> None:
     """print() on rank 0 only, so a torchrun job with 8 ranks prints each line once."""
     if get_dist_info().is_master:

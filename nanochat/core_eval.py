@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nanochat.common import get_base_dir, print0
+from nanochat.common import Throttle, dist_initialized, file_lock, get_base_dir, print0, rank_and_world
 from nanochat.download import DownloadError, download_file
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
@@ -144,21 +144,10 @@ def check_bundle_zip(path: str | os.PathLike) -> bool:
     return True
 
 
-@contextlib.contextmanager
 def _exclusive(base: Path):
     """One fetcher per base dir: a second waits, then finds the bundle the first installed."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): unguarded; the rename still keeps the bundle whole
-        yield
-        return
-    with open(base / f".{EVAL_BUNDLE.dirname}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print0(f"waiting for another process that is fetching the eval bundle into {base}")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    return file_lock(base / f".{EVAL_BUNDLE.dirname}.lock", wait=True,
+                     busy_message=f"waiting for another process that is fetching the eval bundle into {base}")
 
 
 def download_bundle(url: str | None = None) -> Path:
@@ -525,31 +514,6 @@ def score_sequences(model, sequences: Sequence[tuple[list[int], int, int]], *, b
     return losses, hits
 
 
-class _Progress:
-    """Throttled 'label: done/total, eta' lines, so a 40k-sequence task shows it is alive."""
-
-    def __init__(self, label: str, total: int, every: float, log: Callable[[str], None]):
-        self.label, self.total, self.every, self.log = label, total, every, log
-        self.start = self.last = time.perf_counter()
-
-    def __call__(self, done: int) -> None:
-        now = time.perf_counter()
-        if done >= self.total or now - self.last < self.every:
-            return
-        self.last = now
-        elapsed = now - self.start
-        eta = elapsed / done * (self.total - done)
-        self.log(f"  {self.label}: {done}/{self.total} sequences, {elapsed:.0f}s, eta {eta:.0f}s")
-
-
-def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max_problems: int | None = None,
                   batch_size: int = 32, max_batch_tokens: int | None = None, max_seq_len: int | None = None,
                   autocast=None, rank: int | None = None, world_size: int | None = None,
@@ -561,7 +525,7 @@ def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max
     are summed).
     """
     t0 = time.perf_counter()
-    rank, world_size = _rank_and_world(rank, world_size)
+    rank, world_size = rank_and_world(rank, world_size)
     count = len(rows) if max_problems is None else min(len(rows), max_problems)
     mine = list(range(rank, count, world_size))
     texts, owners = [], []
@@ -578,9 +542,16 @@ def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max
         per_row.append(len(spans))
         cropped += any(max_seq_len is not None and len(tokens) > max_seq_len for tokens, _, _ in spans)
         sequences += [crop_left(tokens, start, end, max_seq_len) for tokens, start, end in spans]
-    progress = _Progress(task.label, len(sequences), progress_every, log) if progress_every > 0 else None
+    throttle, total = Throttle(progress_every), len(sequences)
+
+    def progress(done: int) -> None:  # a 40k-sequence task shows it is alive, a line per progress_every s
+        if 0 < done < total and throttle.ready():
+            eta = throttle.elapsed / done * (total - done)
+            log(f"  {task.label}: {done}/{total} sequences, {throttle.elapsed:.0f}s, eta {eta:.0f}s")
+
     losses, hits = score_sequences(model, sequences, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                   pad_id=tokenizer.bos_token_id, autocast=autocast, progress=progress)
+                                   pad_id=tokenizer.bos_token_id, autocast=autocast,
+                                   progress=progress if progress_every > 0 else None)
     examples, pos = [], 0
     for i, n in zip(mine, per_row):
         row_losses, row_hits = losses[pos : pos + n], hits[pos : pos + n]
@@ -592,7 +563,7 @@ def evaluate_task(model, tokenizer, task: TaskSpec, rows: Sequence[dict], *, max
             correct = predicted == rows[i]["gold"]
         examples.append(ExampleResult(i, predicted, bool(correct), tuple(row_losses)))
     correct, total = sum(e.correct for e in examples), len(examples)
-    if dist.is_available() and dist.is_initialized():
+    if dist_initialized():
         counts = torch.tensor([correct, total, cropped], dtype=torch.long, device=_model_device(model))  # (3,)
         dist.all_reduce(counts)
         correct, total, cropped = (int(v) for v in counts.tolist())

@@ -126,3 +126,17 @@ def test_file_lock_refuses_or_waits(tmp_path):
         holder.wait(timeout=30)
     with file_lock(lock, wait=False):  # free again once the holder is gone
         pass
+
+
+def test_rank_and_world_defaults(monkeypatch):
+    from nanochat.common import rank_and_world
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert rank_and_world() == (0, 1)
+    assert rank_and_world(2, 4) == (2, 4)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert rank_and_world() == (3, 8) and rank_and_world(world_size=16) == (3, 16)
+    with pytest.raises(ValueError, match="outside world_size"):
+        rank_and_world(4, 2)
