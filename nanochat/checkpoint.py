@@ -29,8 +29,6 @@ import numpy as np
 import torch
 
 from nanochat.common import get_base_dir, get_dist_info
-
-
 from nanochat.phases import PHASES, Phase  # noqa: F401 (re-exported: the phase names checkpoints use)
 
 FORMAT = "nanochat-checkpoint/1"

@@ -19,7 +19,6 @@ Only rank 0 downloads: run this before training, or call download() on the maste
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -27,9 +26,8 @@ import re
 import shlex
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from nanochat.common import file_lock, get_base_dir, get_dist_info, print0, run_main, write_json_atomic
@@ -40,7 +38,6 @@ from nanochat.shards import (
     check_parquet_shard,
     convert_arrow_to_parquet,
     sha256_file,
-    write_text_parquet,
 )
 
 SHARD_CHARS = 1_000_000  # characters per embedded shard: a CPU run still sees several shards
@@ -356,7 +353,9 @@ def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int | None =
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         if src.kind in ("embedded", "jsonl"):
-            return _build_embedded(src, out, num_shards, max_chars, shard_chars)
+            from nanochat.local_corpus import build_local_corpus  # it imports this module
+
+            return build_local_corpus(src, out, num_shards, max_chars, shard_chars)
         return _fetch(src, out, num_shards, workers, verify, retries, endpoint or hf_endpoint())
 
 
@@ -440,101 +439,6 @@ def _convert_shard(src: DataSource, out: Path, index: int, source_sha256: str | 
                     source_size=arrow.stat().st_size, source_sha256=source_sha256)
     arrow.unlink()  # the parquet is complete, so the Arrow copy has done its job
     return entry
-
-
-# ----------------------------------------------------------------------------- the embedded corpus
-
-
-def _embedded_documents(name: str) -> tuple[list[str], list[str], dict]:
-    """(train documents, validation documents, provenance) of an embedded source."""
-    from nanochat import embedded_corpus
-
-    if name == "embedded":
-        try:
-            corpus = embedded_corpus.build_corpus()
-        except embedded_corpus.CorpusTooSmallError as e:
-            raise DatasetError(str(e)) from None
-        return corpus.train, corpus.val, {"builder": "nanochat.embedded_corpus.build_corpus()",
-                                         "sources": corpus.sources}
-    docs = embedded_corpus.korean_documents()
-    if not docs:
-        raise DatasetError("--corpus=embedded-ko needs the Korean texts shipped in the konlpy wheel: "
-                           "uv pip install konlpy (Java is not needed)")
-    try:
-        import importlib.metadata
-        version = importlib.metadata.version("konlpy")
-    except Exception:  # metadata missing or broken: provenance only, not worth failing over
-        version = ""
-    provenance = {"builder": "nanochat.embedded_corpus.korean_documents()",
-                  "sources": [{"source": "konlpy/data/corpus (kolaw, kobill)", "version": version,
-                               "license": "GPL v3 (konlpy wheel metadata)", "documents": len(docs)}]}
-    return (*_hash_split(docs), provenance)
-
-
-def _jsonl_documents(src: DataSource) -> tuple[list[str], list[str], dict]:
-    """(train, validation, provenance) of a JSON-lines corpus; the whole text is held in memory."""
-    from nanochat.text_sources import iter_texts, resolve_text_field
-
-    docs = list(iter_texts(src.folder))
-    return (*_hash_split(docs), {"builder": "nanochat.text_sources.iter_texts()", "text_field": resolve_text_field(),
-                                 "sources": [{"source": src.folder, "documents": len(docs)}]})
-
-
-def _hash_split(docs: list[str]) -> tuple[list[str], list[str]]:
-    """(train, validation): a fixed tenth (at least one) chosen by content hash, so the split never
-    depends on file order."""
-    ranked = sorted(range(len(docs)), key=lambda i: hashlib.sha256(docs[i].encode()).digest())
-    val_ids = set(ranked[: max(1, len(docs) // 10)])
-    return [d for i, d in enumerate(docs) if i not in val_ids], [d for i, d in enumerate(docs) if i in val_ids]
-
-
-def _group_documents(docs: Iterable[str], max_chars: int | None, shard_chars: int) -> list[list[str]]:
-    """Consecutive documents in shards of about shard_chars characters; max_chars caps the total."""
-    shards, current, size, total = [], [], 0, 0
-    for doc in docs:
-        if not doc or not doc.strip():
-            continue
-        if max_chars and total + len(doc) > max_chars and (shards or current):
-            break
-        current.append(doc)
-        size += len(doc)
-        total += len(doc)
-        if size >= shard_chars:
-            shards.append(current)
-            current, size = [], 0
-    if current:
-        shards.append(current)
-    return shards
-
-
-def _build_embedded(src: DataSource, out: Path, num_shards: int | None, max_chars: int | None,
-                    shard_chars: int) -> list[Path]:
-    """Write the embedded corpus as shards. The validation shard's index follows the whole corpus,
-    not -n, and the data dir ends up holding exactly this run's shards (stale ones are removed)."""
-    if shard_chars < 1 or (max_chars is not None and max_chars < 1):
-        raise DatasetError(f"--shard_chars and --max_chars must be >= 1, got {shard_chars}, {max_chars}")
-    train, val, provenance = _jsonl_documents(src) if src.kind == "jsonl" else _embedded_documents(src.name)
-    groups = _group_documents(train, max_chars, shard_chars)
-    val = [d for d in val if d and d.strip()]
-    if not groups or not val:
-        raise DatasetError(f"{src.name}: the corpus has {len(groups)} training shard(s) and {len(val)} validation "
-                           "document(s); both must be non-empty")
-    src = replace(src, num_total_shards=len(groups) + 1)
-    n_train = len(groups) if num_shards < 0 else min(num_shards, len(groups))
-    wanted = {i: groups[i] for i in range(n_train)} | {src.val_index: val}
-    manifest = _new_manifest(src, out, "sha256 of the shards as built")
-    manifest.update(provenance=provenance, max_chars=max_chars, shard_chars=shard_chars)
-    print0(f"{src.name}: writing {n_train} training shard(s) + validation {shard_name(src.val_index)} in {out}")
-    for i, docs in wanted.items():
-        path = out / shard_name(i)
-        rows = write_text_parquet(path, [docs])
-        manifest["shards"][path.name] = _record(path, index=i, documents=rows, chars=sum(map(len, docs)))
-    keep = {shard_name(i) for i in wanted}
-    for stale in out.glob("shard_*.parquet"):
-        if stale.name not in keep:
-            stale.unlink()
-    _write_json(out / MANIFEST, manifest)
-    return [out / shard_name(i) for i in sorted(wanted)]
 
 
 # ----------------------------------------------------------------------------- the training side

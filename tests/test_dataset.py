@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanochat import dataset as ds
-from nanochat import embedded_corpus
+from nanochat import embedded_corpus, local_corpus
 from nanochat.dataset import DataNotFound, DatasetError, download, list_shards, shard_name
 from nanochat.download import DownloadError
 from tests.conftest import REPO_ROOT, subprocess_env
@@ -336,7 +336,7 @@ def test_embedded_shards_are_deterministic(base_dir, tmp_path, monkeypatch):
     assert [p.read_bytes() for p in second] == [p.read_bytes() for p in first]  # byte-identical
 
     # -n 1 and a cap: the validation index follows the capped corpus, not -n
-    groups = ds._group_documents(train, 9000, 4000)
+    groups = local_corpus._group_documents(train, 9000, 4000)
     assert 1 < len(groups) < len(first) - 1
     capped = download("embedded", 1, shard_chars=4000, max_chars=9000)
     expected = ["shard_00000.parquet", shard_name(len(groups))]

@@ -118,7 +118,7 @@ def test_dataset_builds_shards_from_jsonl_and_training_finds_them(base_dir, tmp_
     docs = [f"document number {i} " + "x" * (i % 7) for i in range(40)]
     write_jsonl(path, [{"text": d} for d in docs] + ["garbage\n"])
     # before the build, training says what to run (no -n: the whole file becomes shards)
-    with pytest.raises(DataNotFound, match=f"python -m nanochat.dataset --source={path} --name=mixed_pretraining$"):
+    with pytest.raises(DataNotFound, match=f"python -m nanochat.dataset --corpus={path} --name=mixed_pretraining$"):
         list_shards("train", str(path))
     paths = download(str(path), shard_chars=200)
     out = base_dir / "base_data_mixed_pretraining"
