@@ -94,6 +94,7 @@ class Tokenizer:
                                           special_tokens=dict(self._special))
         except ValueError as e:  # fancy-regex (tiktoken's engine) can reject what `regex` accepts
             raise ValueError(f"tiktoken rejected the split pattern: {e}") from None
+        _probe_pattern(pattern, self._enc)
 
     # ---- building, saving, loading
 
@@ -166,7 +167,7 @@ class Tokenizer:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             return cls._from_saved(data)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: JSON nested deeper than the parser's stack
             reason = " ".join(str(e).split())  # one line, whatever the underlying error printed
             msg = f"tokenizer file {path} is invalid: {reason}; retrain with {TRAIN_HINT}"
             raise ValueError(msg) from None
@@ -384,6 +385,38 @@ def _check_pattern(pattern: object) -> None:
         regex.compile(pattern)
     except regex.error as e:
         raise ValueError(f"the split pattern does not compile: {e}") from None
+
+
+# Texts on which a faulty split pattern shows itself when a tokenizer is built, not mid-run: long runs of
+# each kind of character (where nested quantifiers backtrack without bound) and a mixed sample.
+_PROBE_TEXTS = [c * 200 for c in ("a", "Z", "\u00e9", "\ud55c", "1", "\u0663", " ", "\t", "\n", "\r\n", "!", "'",
+                                  "\U0001f600", "e\u0301")]
+_PROBE_TEXTS += ["Hello world! It's 2024, don't   panic.\n\n\tx = f(1)  # \ud55c\uad6d\uc5b4 \U0001f600\r\n", "a1 !\n" * 50]
+
+
+def _probe_pattern(pattern: str, enc: tiktoken.Encoding) -> None:
+    """ValueError unless the pattern cuts every probe text into non-empty pieces that cover all of it,
+    within fancy-regex's backtracking limit: tiktoken runs the same engine, and panics while encoding
+    when a pattern hits that limit or matches empty text (tiktoken 0.x unwraps the match result)."""
+    try:  # rustbpe splits with fancy-regex too, and reports its errors instead of panicking
+        from nanochat import rustbpe
+    except ImportError:
+        rustbpe = None
+    for text in _PROBE_TEXTS:
+        shown = f"{text[:12]!r}..."
+        try:
+            pieces = rustbpe.split(text, pattern) if rustbpe is not None else None
+            covered = "".join(pieces) if pieces is not None else enc.decode(enc.encode_ordinary(text))
+        except ValueError as e:
+            raise ValueError(f"the split pattern needs unbounded backtracking on a text like {shown} ({e})") from None
+        except BaseException as e:  # without rustbpe: tiktoken's PanicException, a BaseException
+            if type(e).__name__ != "PanicException":
+                raise
+            raise ValueError(f"the split pattern makes tiktoken fail on a text like {shown} ({e})") from None
+        if pieces is not None and "" in pieces:
+            raise ValueError(f"the split pattern matches empty text (in {shown}): every piece needs a character")
+        if covered != text:
+            raise ValueError(f"the split pattern skips characters of {shown}: encoding would lose them")
 
 
 def _check_special_names(names: object) -> None:

@@ -177,7 +177,8 @@ def save_training(ckpt_dir: Path, step: int, *, model, optimizers, loader, scale
     """A complete, atomically installed checkpoint of the run (see nanochat/checkpoint.py), then prune."""
     # A step is never saved over. A resumed run reaches the top of its loop at the step it resumed from,
     # with the state it just loaded from there: that step is already saved, so there is nothing to write.
-    if step in ckpt.list_checkpoints(ckpt_dir) and ckpt.read_meta(ckpt_dir, step).get("loop") == dataclasses.asdict(loop):
+    saved = ckpt.list_checkpoints(ckpt_dir)
+    if step in saved and ckpt.read_meta(ckpt_dir, step).get("loop") == dataclasses.asdict(loop):
         return
     meta = {"model_config": model_config, "options": options, "num_iterations": num_iterations,
             "loop": dataclasses.asdict(loop), "grad_scaler": scaler.state_dict() if scaler else None,
