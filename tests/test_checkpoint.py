@@ -1,5 +1,6 @@
 """Checkpoints: exact round trip, completeness, pruning, resume choice, safe loading, crashes, 2 ranks."""
 
+import dataclasses
 import json
 import os
 import random
@@ -363,3 +364,86 @@ def test_two_ranks_write_one_complete_step(tmp_path):
         ck.load_checkpoint(ckpt_dir)
     model_only = ck.load_checkpoint(ckpt_dir, load_optimizer=False)
     assert model_only.optimizer_states is None and len(model_only.meta["loader_states"]) == 2
+
+
+# ---- interrupted copies: a step counts only when every file its meta.json lists is there at its size
+
+
+def gpt_steps(d, steps):
+    """A tiny GPT saved (with optimizer, RNG, loader state) as the given steps in d; a byte-level
+    tokenizer in the base dir, so that scripts can chat with it."""
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.tokenizer import SPLIT_PATTERN, Tokenizer
+
+    Tokenizer.from_ranks({bytes([i]): i for i in range(256)}, SPLIT_PATTERN).save(ck.get_base_dir() / "tokenizer")
+    config = GPTConfig(sequence_len=32, vocab_size=265, n_layer=1, n_embd=32, n_head=2, n_kv_head=2)
+    for step in steps:
+        torch.manual_seed(step)
+        model = GPT(config)
+        model.init_weights()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ck.save_checkpoint(d, step, model_state=model.state_dict(), optimizer_states=[opt.state_dict()],
+                           meta={"model_config": dataclasses.asdict(config)}, loader_state={"row": step})
+    return d
+
+
+def interrupted_copy(src, dst, files_done, partial_bytes=0):
+    """What an interrupted `rsync -avP` leaves: files in sorted order (meta.json sorts first), each via a
+    temp name then renamed, and with --partial the one it was cut in kept, truncated, under its name."""
+    dst.mkdir(parents=True)
+    names = sorted(p.name for p in src.iterdir())
+    for name in names[:files_done]:
+        shutil.copy2(src / name, dst / f".{name}.tmp")
+        os.replace(dst / f".{name}.tmp", dst / name)
+    if partial_bytes:
+        (dst / names[files_done]).write_bytes((src / names[files_done]).read_bytes()[:partial_bytes])
+    return names
+
+
+@pytest.mark.parametrize("files_done,partial", [(1, 0), (1, 100), (2, 0), (3, 50)],
+                         ids=["meta-only", "model-cut", "optim-missing", "rng-cut"])
+def test_interrupted_copy_falls_back_to_the_newest_complete_step(base_dir, capsys, files_done, partial):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    # the newer step was saved on another machine, and only part of it was copied here
+    other = gpt_steps(base_dir / "pod" / "d1", [3]) / "step_000003"
+    names = interrupted_copy(other, d / "step_000003", files_done, partial)
+    assert names == ["meta.json", "model.safetensors", "optim_rank0.pt", "rng_rank0.pt"]
+    missing = names[files_done]
+    assert ck.list_checkpoints(d) == [1, 2] and ck.list_checkpoints("sft") == [1, 2]
+    capsys.readouterr()
+    assert ck.find_resume(d, "auto") == 2
+    assert f"warning: skipping {d / 'step_000003'}: {missing}" in capsys.readouterr().out
+    model, meta = ck.load_model("sft")
+    assert meta["step"] == 2
+    assert ck.load_checkpoint("sft").loader_state == {"row": 2}
+    with pytest.raises(FileNotFoundError, match=rf"no complete step 3 in .*\(step_000003: {missing} .*steps: 1, 2$"):
+        ck.load_checkpoint(d, 3)
+    with pytest.raises(FileNotFoundError, match=rf"resume=3: no complete step 3 .*{missing}"):
+        ck.find_resume(d, "3")
+    for name in names[files_done:]:  # rsync run again finishes the copy
+        shutil.copy2(other / name, d / "step_000003" / name)
+    assert ck.list_checkpoints(d) == [1, 2, 3] and ck.load_model("sft")[1]["step"] == 3
+
+
+def test_only_incomplete_steps_says_why(base_dir):
+    d = ck.checkpoint_dir("sft", "d1")
+    other = gpt_steps(base_dir / "pod" / "d1", [3]) / "step_000003"
+    interrupted_copy(other, d / "step_000003", 1)
+    with pytest.raises(FileNotFoundError, match=r"no sft checkpoint in .*d1: train one with python -m "
+                                                r"scripts.chat_sft \(step_000003 is incomplete: model.safetensors is missing\)"):
+        ck.load_model("sft", tag="d1")
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
+def test_real_rsync_that_stopped_after_meta_json(base_dir):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
+    src = gpt_steps(base_dir / "pod" / "d1", [2]) / "step_000002"
+    # --max-size lets through only files no larger than meta.json: the folder an rsync cut short leaves
+    meta_size = (src / "meta.json").stat().st_size
+    subprocess.run(["rsync", "-a", f"--max-size={meta_size}b", f"{src}/", f"{d / 'step_000002'}/"], check=True)
+    assert sorted(p.name for p in (d / "step_000002").iterdir()) == ["meta.json"]
+    assert ck.find_resume(d, "auto") == 1 and ck.load_model("sft")[1]["step"] == 1
+    with pytest.raises(FileNotFoundError, match=r"step_000002: model.safetensors is missing"):
+        ck.load_model(d, 2)
+    subprocess.run(["rsync", "-a", f"{src}/", f"{d / 'step_000002'}/"], check=True)  # the copy completes
+    assert ck.find_resume(d, "auto") == 2 and ck.load_model("sft")[1]["step"] == 2
