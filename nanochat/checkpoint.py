@@ -543,10 +543,10 @@ def _meta_problem(meta: object, folder: str) -> str | None:
         return f"has loader_states that are not a list of {meta['world_size']} (one per rank)"
     if "model_config" in meta and not isinstance(meta["model_config"], dict):
         return "has a model_config that is not an object"
-    files = meta.get("files", {MODEL_FILE: {}})
-    if not isinstance(files, dict) or MODEL_FILE not in files or not all(
+    files = meta.get("files")
+    if files is not None and (not isinstance(files, dict) or MODEL_FILE not in files or not all(
             _plain_name(name) and isinstance(e, dict) and type(e.get("size")) is int and e["size"] >= 0
-            and isinstance(e.get("sha256"), str) for name, e in files.items()):
+            and isinstance(e.get("sha256"), str) for name, e in files.items())):
         return f"has a 'files' manifest that is not {{file name: {{size, sha256}}}} including {MODEL_FILE}"
     return None
 
@@ -573,9 +573,12 @@ def _load_torch(path: Path, device: str | torch.device):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refused something other than tensors and plain containers: never run it
-        raise ValueError(f"{path} holds objects other than tensors and plain containers; refusing to load "
-                         f"it (checkpoints are read with torch.load(weights_only=True) only)") from e
+        # weights_only met something other than tensors and plain containers (forged, or damaged bytes
+        # that happen to unpickle as such): never run it
+        reason = re.search(r"WeightsUnpickler error: (.*?)(\n\n|$)", str(e), re.S)
+        reason = _one_line(reason.group(1) if reason else e)[:200]
+        raise _damaged(path, f"is damaged or holds objects other than tensors and plain containers ({reason}); "
+                             f"refusing to load it (checkpoints are read with torch.load(weights_only=True) only)") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:  # a damaged archive member
         raise _damaged(path, f"cannot be read ({_one_line(e)[:200]})") from None
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -447,3 +448,137 @@ def test_real_rsync_that_stopped_after_meta_json(base_dir):
         ck.load_model(d, 2)
     subprocess.run(["rsync", "-a", f"{src}/", f"{d / 'step_000002'}/"], check=True)  # the copy completes
     assert ck.find_resume(d, "auto") == 2 and ck.load_model("sft")[1]["step"] == 2
+
+
+# ---- damaged files: one line naming the file and what to do, never a traceback
+
+
+def rewrite_model(step_dir, change):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(step_dir / "model.safetensors"))
+    change(state)
+    save_file(state, str(step_dir / "model.safetensors"))
+
+
+def edit_meta(change):
+    def apply(step_dir):
+        meta = json.loads((step_dir / "meta.json").read_text())
+        change(meta)
+        (step_dir / "meta.json").write_text(json.dumps(meta))
+    return apply
+
+
+def overwrite(name, data, at=0):
+    def apply(step_dir):
+        with open(step_dir / name, "r+b") as f:
+            f.seek(at if at >= 0 else (step_dir / name).stat().st_size + at)
+            f.write(data)
+    return apply
+
+
+def first_weight(state):
+    return next(k for k in sorted(state) if k.endswith("weight"))
+
+
+# (id, how to damage the step folder, restamp the manifest after, file named in the error, message)
+DAMAGE = [
+    ("model-header-size", overwrite("model.safetensors", b"\xff" * 8), False, "model.safetensors",
+     "not a readable safetensors file"),
+    ("model-header-json", overwrite("model.safetensors", b"#garbage", 8), False, "model.safetensors",
+     "not a readable safetensors file"),
+    ("model-truncated", lambda d: os.truncate(d / "model.safetensors", 300), True, "model.safetensors",
+     "not a readable safetensors file"),
+    ("model-int8", lambda d: rewrite_model(d, lambda s: s.update({(k := first_weight(s)): s[k].to(torch.int8)})),
+     True, "model.safetensors", r"as torch.int8, the model needs torch.float32"),
+    ("model-shape", lambda d: rewrite_model(d, lambda s: s.update({(k := first_weight(s)): s[k][:1]})),
+     True, "model.safetensors", "of shape"),
+    ("model-missing-key", lambda d: rewrite_model(d, lambda s: s.pop(first_weight(s))), True,
+     "model.safetensors", "lacks tensors"),
+    ("model-extra-key", lambda d: rewrite_model(d, lambda s: s.update(extra=torch.ones(2))), True,
+     "model.safetensors", r"unexpected tensors \['extra'\]"),
+    ("meta-not-json", lambda d: (d / "meta.json").write_text('{"format": "nanochat-'), False, "meta.json",
+     "is not valid JSON"),
+    ("meta-not-utf8", lambda d: (d / "meta.json").write_bytes(b"\xff\xfe\xfa{"), False, "meta.json",
+     "is not valid JSON"),
+    ("meta-deeply-nested", lambda d: (d / "meta.json").write_text("[" * 100_000 + "]" * 100_000), False,
+     "meta.json", "is not valid JSON .*recursion"),
+    ("meta-a-list", lambda d: (d / "meta.json").write_text("[1, 2]"), False, "meta.json", "holds a list"),
+    ("meta-world-size-str", edit_meta(lambda m: m.update(world_size="two")), False, "meta.json",
+     "has world_size = 'two', not a int"),
+    ("meta-missing-field", edit_meta(lambda m: m.pop("has_rng")), False, "meta.json", "has has_rng = None"),
+    ("meta-format", edit_meta(lambda m: m.update(format="other/2")), False, "meta.json", "has format 'other/2'"),
+    ("meta-step", edit_meta(lambda m: m.update(step=9)), False, "meta.json", "do not fit folder step_000002"),
+    ("meta-loader-states", edit_meta(lambda m: m.update(loader_states=[{}, {}])), False, "meta.json",
+     "loader_states that are not a list of 1"),
+    ("meta-files", edit_meta(lambda m: m.update(files={"../escape": {"size": 1, "sha256": ""}})), False,
+     "meta.json", "'files' manifest"),
+    ("meta-model-config", edit_meta(lambda m: m["model_config"].update(n_head="x")), False, "meta.json",
+     "no usable model_config .*n_head must be a positive integer"),
+    ("meta-no-model-config", edit_meta(lambda m: m.pop("model_config")), False, "meta.json",
+     "no usable model_config"),
+    ("optim-garbage", overwrite("optim_rank0.pt", b"garbage!"), False, "optim_rank0.pt",
+     "is damaged or holds objects other than tensors"),
+    ("optim-truncated", lambda d: os.truncate(d / "optim_rank0.pt", 500), True, "optim_rank0.pt",
+     "not a torch.save archive"),
+    ("rng-damaged-member", overwrite("rng_rank0.pt", b"\x00" * 64, 200), False, "rng_rank0.pt",
+     "is damaged or holds objects other than tensors"),
+]
+
+
+def load_for(name, d):
+    """What reads the damaged file: a resume for optimizer and RNG files, chat for the rest."""
+    return (lambda: ck.load_checkpoint(d)) if name.endswith(".pt") else (lambda: ck.load_model("sft"))
+
+
+@pytest.mark.parametrize("damage,restamped,name,message", [c[1:] for c in DAMAGE], ids=[c[0] for c in DAMAGE])
+def test_damaged_step_fails_in_one_line_naming_the_file(base_dir, damage, restamped, name, message):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    damage(d / "step_000002")
+    if restamped:  # damage that changes a size would make the step incomplete: keep the manifest in step
+        restamp(d / "step_000002")
+    with pytest.raises(ValueError) as info:
+        load_for(name, d)()
+    text = str(info.value)
+    assert "\n" not in text and str(d / "step_000002" / name) in text, text
+    assert re.search(message, text), text
+    assert text.endswith(f"copy that step again, or delete {d / 'step_000002'} to use an older step"), text
+    shutil.rmtree(d / "step_000002")  # doing what it says works
+    assert load_for(name, d)() is not None
+
+
+def test_damaged_step_fails_in_one_line_through_chat_cli_and_chat_web(base_dir):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
+    edit_meta(lambda m: m.update(world_size="two"))(d / "step_000001")
+    env = subprocess_env(NANOCHAT_BASE_DIR=str(base_dir))
+    for script in ("scripts.chat_cli", "scripts.chat_web"):
+        args = ["-p", "hi"] if script == "scripts.chat_cli" else ["--port=0"]
+        proc = subprocess.run([sys.executable, "-m", script, *args, "--device_type=cpu"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, (script, proc.stdout, proc.stderr)
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stdout, proc.stderr
+        assert str(d / "step_000001" / "meta.json") in lines[0] and "world_size = 'two'" in lines[0]
+
+
+def test_a_changed_byte_is_caught_when_verifying(base_dir, capsys, monkeypatch):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    overwrite("model.safetensors", b"\x7f", at=-1)(d / "step_000002")  # same size: only a checksum sees it
+    assert ck.load_model("sft")[1]["step"] == 2  # stat-only checks cannot tell
+    capsys.readouterr()
+    assert ck.load_model("sft", verify=True)[1]["step"] == 1
+    assert "model.safetensors does not match its recorded sha256" in capsys.readouterr().out
+    assert ck.list_checkpoints(d, verify=True) == [1] and ck.list_checkpoints(d) == [1, 2]
+    with pytest.raises(FileNotFoundError, match=r"no complete step 2 .*does not match its recorded sha256"):
+        ck.load_checkpoint(d, 2, verify=True)
+    monkeypatch.setenv("NANOCHAT_VERIFY_CHECKPOINTS", "1")
+    assert ck.find_resume(d, "auto") == 1 and ck.load_checkpoint(d).step == 1
+
+
+def test_steps_saved_before_manifests_still_load(base_dir):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    for step in (1, 2):
+        edit_meta(lambda m: m.pop("files"))(d / ck._step_name(step))
+    assert ck.list_checkpoints(d) == [1, 2] and ck.load_checkpoint(d).optimizer_states is not None
+    (d / "step_000002" / "rng_rank0.pt").unlink()  # without sizes, the files its flags imply must be there
+    assert ck.list_checkpoints(d) == [1] and ck.load_model("sft")[1]["step"] == 1
