@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import re
 import shutil
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,11 @@ import numpy as np
 import torch
 
 from nanochat import atomic_dir
+from nanochat import step_files as sf
 from nanochat.common import get_base_dir, get_dist_info, print0
+
+# the step's file names and readers, re-exported: callers know them as checkpoint.X
+from nanochat.step_files import FORMAT, META_FILE, MODEL_FILE, check_model_state, optim_file, rng_file  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -53,33 +55,16 @@ PHASES: dict[str, _Phase] = {
     "rl": _Phase("chatrl_checkpoints", "scripts.chat_rl"),
 }
 
-FORMAT = "nanochat-checkpoint/1"
-MODEL_FILE = "model.safetensors"
-META_FILE = "meta.json"
 VERIFY_ENV = "NANOCHAT_VERIFY_CHECKPOINTS"  # 1: every load also compares the files' sha256
 # Keys save_checkpoint writes itself; a caller's meta may not set them (they describe this save).
 RESERVED_META_KEYS = ("format", "step", "world_size", "saved_at", "has_optimizer", "has_rng", "loader_states",
                       "files")
-# Fields every meta.json has, and their types (bool is checked exactly: True is not a world size)
-_META_FIELDS = {"format": str, "step": int, "world_size": int, "has_optimizer": bool, "has_rng": bool}
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 # .tmp: being written (or left by a crashed writer); .old: a pruned or replaced step on its way out.
 _TEMP_RE = re.compile(r"^\.step_(\d+)\.(tmp|old)$")
 
 PathLike = str | os.PathLike
-
-
-def _step_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def optim_file(rank: int) -> str:
-    return f"optim_rank{rank}.pt"
-
-
-def rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
 
 
 def _scratch_file(rank: int) -> str:
@@ -116,7 +101,7 @@ def _newest_tag(root: Path) -> Path | None:
         for d in root.iterdir():
             steps = list_checkpoints(d) if d.is_dir() and not d.name.startswith(".") else []
             if steps:
-                saved = (d / _step_name(steps[-1]) / META_FILE).stat().st_mtime
+                saved = (d / sf.step_name(steps[-1]) / META_FILE).stat().st_mtime
                 if saved > best_time:
                     best, best_time = d, saved
     return best
@@ -164,10 +149,10 @@ def _step_problem(step_dir: Path, verify: bool = False) -> str | None:
     if not (step_dir / META_FILE).is_file():
         return f"{META_FILE} is missing"
     try:
-        meta = _parse_meta(step_dir)
+        meta = sf.parse_meta(step_dir)
     except ValueError:
         return None
-    return atomic_dir.check_manifest(step_dir, _listed_files(meta), verify)
+    return atomic_dir.check_manifest(step_dir, sf.listed_files(meta), verify)
 
 
 def _verify_requested(verify: bool | None) -> bool:
@@ -197,7 +182,7 @@ def _not_complete(ckpt_dir: Path, step: int, prefix: str = "") -> FileNotFoundEr
     """'No complete step N' naming what is wrong with step_N if the folder exists, and the steps there are."""
     steps = list_checkpoints(ckpt_dir)
     available = ", ".join(map(str, steps)) if steps else "none"
-    folder = ckpt_dir / _step_name(step)
+    folder = ckpt_dir / sf.step_name(step)
     why = f" ({folder.name}: {_step_problem(folder, True)})" if folder.is_dir() else ""
     return FileNotFoundError(f"{prefix}no complete step {step} in {ckpt_dir}{why}; available steps: {available}")
 
@@ -216,7 +201,7 @@ def find_resume(phase_or_dir: PathLike, resume: str | int | None, *, tag: str | 
     if not value.isdigit():
         raise ValueError(f"resume must be '' (off), 'auto' or a step number, got {resume!r}")
     step, (ckpt_dir, ok) = int(value), _resolve(phase_or_dir, tag)
-    folder = ckpt_dir / _step_name(step)
+    folder = ckpt_dir / sf.step_name(step)
     if not ok or _step_problem(folder, _verify_requested(verify)) is not None or not folder.is_dir():
         raise _not_complete(ckpt_dir, step, prefix=f"resume={value}: ")
     return step
@@ -339,24 +324,6 @@ def _json_bytes(obj, where: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing files (into the temp dir, which atomic_dir installs)
-
-
-def _write_torch(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_model(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    atomic_dir.fsync_path(path)
-
-
-# ----------------------------------------------------------------------------------------------
 # Save
 
 
@@ -417,7 +384,7 @@ def save_checkpoint(
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     rank, world_size = _rank_and_world(rank, world_size)
     barrier = barrier or _default_barrier()
-    final = ckpt_dir / _step_name(step)
+    final = ckpt_dir / sf.step_name(step)
     temp = atomic_dir.temp_path(final)
     if final.is_dir() and _step_problem(final) is None:
         raise ValueError(f"{final} already holds a complete checkpoint and a step is never saved over: resume "
@@ -449,9 +416,9 @@ def save_checkpoint(
 
     mine = ([optim_file(rank)] if optim is not None else []) + ([rng_file(rank)] if rng else [])
     if optim is not None:
-        _write_torch(temp / optim_file(rank), optim)
+        sf.write_torch(temp / optim_file(rank), optim)
     if rng:
-        _write_torch(temp / rng_file(rank), capture_rng())
+        sf.write_torch(temp / rng_file(rank), capture_rng())
     # each rank hashes its own files, in parallel, while they are still in the page cache
     scratch = {"loader_state": loader_state, "files": atomic_dir.manifest(temp, mine)}
     atomic_dir.write_bytes(temp / _scratch_file(rank), _json_bytes(scratch, "loader_state"))
@@ -479,7 +446,7 @@ def _finish(temp: Path, final: Path, world_size: int, meta_out: dict, tensors: d
         path.unlink(missing_ok=True)
     if any(s is not None for s in loader_states):
         meta_out["loader_states"] = loader_states
-    _write_model(temp / MODEL_FILE, tensors)
+    sf.write_model(temp / MODEL_FILE, tensors)
     meta_out["files"] = {**atomic_dir.manifest(temp, [MODEL_FILE]), **files}
     # meta.json last: a copy that has it but not every file it lists at its size is incomplete
     atomic_dir.write_bytes(temp / META_FILE, _json_bytes(meta_out, "meta"))
@@ -505,117 +472,14 @@ class Checkpoint:
     loader_state: dict | None  # this rank's dataloader state; None for model-only loads
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _damaged(path: Path, problem: str) -> ValueError:
-    return ValueError(f"{path} {problem}; copy that step again, or delete {path.parent} to use an older step")
-
-
-def _parse_meta(step_dir: Path) -> dict:
-    """meta.json of a step folder, checked field by field; ValueError naming the file otherwise."""
-    path = step_dir / META_FILE
-    try:
-        meta = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no complete checkpoint at {step_dir}") from None
-    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser's stack
-        raise _damaged(path, f"is not valid JSON ({_one_line(e)[:200]})") from None
-    problem = _meta_problem(meta, step_dir.name)
-    if problem:
-        raise _damaged(path, problem)
-    return meta
-
-
-def _meta_problem(meta: object, folder: str) -> str | None:
-    if not isinstance(meta, dict):
-        return f"holds a {type(meta).__name__}, not an object"
-    if meta.get("format") != FORMAT:
-        return f"has format {meta.get('format')!r:.60}, this code reads {FORMAT!r}"
-    for key, kind in _META_FIELDS.items():
-        if type(meta.get(key)) is not kind:
-            return f"has {key} = {meta.get(key)!r:.60}, not a {kind.__name__}"
-    if meta["world_size"] < 1 or f"step_{meta['step']:06d}" != folder:
-        return f"has world_size {meta['world_size']} and step {meta['step']}, which do not fit folder {folder}"
-    states = meta.get("loader_states")
-    if states is not None and not (isinstance(states, list) and len(states) == meta["world_size"]):
-        return f"has loader_states that are not a list of {meta['world_size']} (one per rank)"
-    if "model_config" in meta and not isinstance(meta["model_config"], dict):
-        return "has a model_config that is not an object"
-    files = meta.get("files")
-    if files is not None and (not isinstance(files, dict) or MODEL_FILE not in files or not all(
-            _plain_name(name) and isinstance(e, dict) and type(e.get("size")) is int and e["size"] >= 0
-            and isinstance(e.get("sha256"), str) for name, e in files.items())):
-        return f"has a 'files' manifest that is not {{file name: {{size, sha256}}}} including {MODEL_FILE}"
-    return None
-
-
-def _plain_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
-
-
-def _listed_files(meta: dict) -> dict[str, dict]:
-    """The files a step must hold: its manifest, or for steps saved before manifests, the ones its
-    flags imply (sizes unknown, so only their presence is checked)."""
-    if "files" in meta:
-        return meta["files"]
-    names = [MODEL_FILE] + [f(r) for r in range(meta["world_size"])
-                            for f, on in ((optim_file, meta["has_optimizer"]), (rng_file, meta["has_rng"])) if on]
-    return {name: {"size": None} for name in names}
-
-
-def _load_torch(path: Path, device: str | torch.device):
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from a checkpoint that should have it")
-    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
-        raise _damaged(path, "is not a torch.save archive (damaged or truncated)")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only met something other than tensors and plain containers (forged, or damaged bytes
-        # that happen to unpickle as such): never run it
-        reason = re.search(r"WeightsUnpickler error: (.*?)(\n\n|$)", str(e), re.S)
-        reason = _one_line(reason.group(1) if reason else e)[:200]
-        raise _damaged(path, f"is damaged or holds objects other than tensors and plain containers ({reason}); "
-                             f"refusing to load it (checkpoints are read with torch.load(weights_only=True) only)") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:  # a damaged archive member
-        raise _damaged(path, f"cannot be read ({_one_line(e)[:200]})") from None
-
-
-def _load_safetensors(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError) as e:  # bad header, offsets past the end, unknown dtype...
-        raise _damaged(path, f"is not a readable safetensors file ({_one_line(e)[:200]})") from None
-
-
-def check_model_state(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """ValueError naming `path` unless `state` has `expected`'s keys and shapes, and floating-point
-    tensors where it has them (load_state_dict would silently cast int8 weights to float)."""
-    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    problem = f"lacks tensors {missing[:3]}" if missing else f"has unexpected tensors {extra[:3]}" if extra else None
-    for key, want in expected.items():
-        got = state.get(key)
-        if problem is None and got.shape != want.shape:
-            problem = f"has {key} of shape {tuple(got.shape)}, the model needs {tuple(want.shape)}"
-        elif problem is None and got.dtype.is_floating_point != want.dtype.is_floating_point:
-            problem = f"has {key} as {got.dtype}, the model needs {want.dtype}"
-    if problem:
-        raise _damaged(path, f"does not match the model_config in {META_FILE}: it {problem}")
-
-
 def read_meta(ckpt_dir: PathLike, step: int) -> dict:
     """meta.json of one complete step, checked, without touching the tensors (e.g. to compare world sizes)."""
-    return _parse_meta(Path(ckpt_dir) / _step_name(step))
+    return sf.parse_meta(Path(ckpt_dir) / sf.step_name(step))
 
 
 def _pick_step(ckpt_dir: Path, ok: bool, phase: str | None, step: int | None, verify: bool) -> int:
     if step is not None:
-        if not ok or _step_problem(ckpt_dir / _step_name(step), verify) is not None:
+        if not ok or _step_problem(ckpt_dir / sf.step_name(step), verify) is not None:
             raise _not_complete(ckpt_dir, step)
         return step
     found = latest_step(ckpt_dir, verify=verify) if ok else None
@@ -648,9 +512,9 @@ def load_checkpoint(
     ckpt_dir, ok = _resolve(phase_or_dir, tag)
     phase = phase_or_dir if isinstance(phase_or_dir, str) and phase_or_dir in PHASES else _phase_of(ckpt_dir)
     step = _pick_step(ckpt_dir, ok, phase, step, _verify_requested(verify))
-    path = ckpt_dir / _step_name(step)
-    meta = _parse_meta(path)
-    model_state = _load_safetensors(path / MODEL_FILE, device)
+    path = ckpt_dir / sf.step_name(step)
+    meta = sf.parse_meta(path)
+    model_state = sf.load_safetensors(path / MODEL_FILE, device)
     optimizer_states = rng = loader_state = None
     if load_optimizer:
         rank, world_size = _rank_and_world(rank, world_size)
@@ -660,9 +524,9 @@ def load_checkpoint(
                              f"states are sharded per rank, so resume with {saved} processes, or load "
                              f"model-only (load_optimizer=False) and start the optimizers fresh")
         if meta["has_optimizer"]:
-            optimizer_states = _load_torch(path / optim_file(rank), device)
+            optimizer_states = sf.load_torch(path / optim_file(rank), device)
         if meta["has_rng"]:
-            rng = _load_torch(path / rng_file(rank), "cpu")  # RNG states are CPU byte tensors
+            rng = sf.load_torch(path / rng_file(rank), "cpu")  # RNG states are CPU byte tensors
         if meta.get("loader_states"):
             loader_state = meta["loader_states"][rank]
     return Checkpoint(path, step, meta, model_state, optimizer_states, rng, loader_state)
@@ -690,7 +554,7 @@ def prune_checkpoints(ckpt_dir: PathLike, keep_last: int, *, keep_step: int | No
             if m and int(m.group(1)) <= steps[-1] and int(m.group(1)) != keep_step and d.is_dir():
                 doomed.append(d)
     # temp dirs first: removing step N goes through the name .step_N.old, which must be free by then
-    doomed += [ckpt_dir / _step_name(s) for s in (steps[:-keep_last] if keep_last > 0 else []) if s != keep_step]
+    doomed += [ckpt_dir / sf.step_name(s) for s in (steps[:-keep_last] if keep_last > 0 else []) if s != keep_step]
     for d in doomed:
         atomic_dir.remove(d)
     return doomed
@@ -708,7 +572,7 @@ def load_model(phase_or_dir: PathLike, step: int | None = None, *, tag: str | No
     try:
         config = GPTConfig(**saved.meta["model_config"])
     except (KeyError, TypeError, ValueError) as e:  # missing, an unknown field, a bad value
-        raise _damaged(saved.path / META_FILE, f"has no usable model_config ({_one_line(e)[:200]})") from None
+        raise sf.damaged(saved.path / META_FILE, f"has no usable model_config ({sf.one_line(e)[:200]})") from None
     with torch.device("meta"):
         model = GPT(config)
     check_model_state(model.state_dict(), saved.model_state, saved.path / MODEL_FILE)

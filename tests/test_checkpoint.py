@@ -19,6 +19,7 @@ from torch import nn
 
 from nanochat import atomic_dir
 from nanochat import checkpoint as ck
+from nanochat.common import get_base_dir
 from tests.conftest import REPO_ROOT, subprocess_env
 
 
@@ -376,7 +377,7 @@ def gpt_steps(d, steps):
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.tokenizer import SPLIT_PATTERN, Tokenizer
 
-    Tokenizer.from_ranks({bytes([i]): i for i in range(256)}, SPLIT_PATTERN).save(ck.get_base_dir() / "tokenizer")
+    Tokenizer.from_ranks({bytes([i]): i for i in range(256)}, SPLIT_PATTERN).save(get_base_dir() / "tokenizer")
     config = GPTConfig(sequence_len=32, vocab_size=265, n_layer=1, n_embd=32, n_head=2, n_kv_head=2)
     for step in steps:
         torch.manual_seed(step)
@@ -578,7 +579,7 @@ def test_a_changed_byte_is_caught_when_verifying(base_dir, capsys, monkeypatch):
 def test_steps_saved_before_manifests_still_load(base_dir):
     d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
     for step in (1, 2):
-        edit_meta(lambda m: m.pop("files"))(d / ck._step_name(step))
+        edit_meta(lambda m: m.pop("files"))(d / f"step_{step:06d}")
     assert ck.list_checkpoints(d) == [1, 2] and ck.load_checkpoint(d).optimizer_states is not None
     (d / "step_000002" / "rng_rank0.pt").unlink()  # without sizes, the files its flags imply must be there
     assert ck.list_checkpoints(d) == [1] and ck.load_model("sft")[1]["step"] == 1
