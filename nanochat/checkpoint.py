@@ -174,17 +174,20 @@ def latest_step(phase_or_dir: PathLike, tag: str | None = None, *, verify: bool 
         problem = _step_problem(d, verify)
         if problem is None:
             return step
-        print0(f"warning: skipping {d}: {problem} (an interrupted copy?); an older step is used")
+        print0(f"warning: skipping {d}: {problem} (an interrupted copy?); looking at older steps")
     return None
 
 
-def _not_complete(ckpt_dir: Path, step: int, prefix: str = "") -> FileNotFoundError:
-    """'No complete step N' naming what is wrong with step_N if the folder exists, and the steps there are."""
-    steps = list_checkpoints(ckpt_dir)
-    available = ", ".join(map(str, steps)) if steps else "none"
+def _require_complete(ckpt_dir: Path, ok: bool, step: int, verify: bool, prefix: str = "") -> int:
+    """step, or FileNotFoundError saying what its folder lacks (if there is one) and which steps there are."""
     folder = ckpt_dir / sf.step_name(step)
-    why = f" ({folder.name}: {_step_problem(folder, True)})" if folder.is_dir() else ""
-    return FileNotFoundError(f"{prefix}no complete step {step} in {ckpt_dir}{why}; available steps: {available}")
+    problem = _step_problem(folder, verify) if ok else f"{ckpt_dir} does not exist"
+    if problem is None:
+        return step
+    steps = list_checkpoints(ckpt_dir) if ok else []
+    why = f" ({folder.name}: {problem})" if folder.is_dir() else ""
+    raise FileNotFoundError(f"{prefix}no complete step {step} in {ckpt_dir}{why}; available steps: "
+                            f"{', '.join(map(str, steps)) or 'none'}")
 
 
 def find_resume(phase_or_dir: PathLike, resume: str | int | None, *, tag: str | None = None,
@@ -200,11 +203,8 @@ def find_resume(phase_or_dir: PathLike, resume: str | int | None, *, tag: str | 
         return latest_step(phase_or_dir, tag, verify=verify)
     if not value.isdigit():
         raise ValueError(f"resume must be '' (off), 'auto' or a step number, got {resume!r}")
-    step, (ckpt_dir, ok) = int(value), _resolve(phase_or_dir, tag)
-    folder = ckpt_dir / sf.step_name(step)
-    if not ok or _step_problem(folder, _verify_requested(verify)) is not None or not folder.is_dir():
-        raise _not_complete(ckpt_dir, step, prefix=f"resume={value}: ")
-    return step
+    ckpt_dir, ok = _resolve(phase_or_dir, tag)
+    return _require_complete(ckpt_dir, ok, int(value), _verify_requested(verify), prefix=f"resume={value}: ")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,9 +479,7 @@ def read_meta(ckpt_dir: PathLike, step: int) -> dict:
 
 def _pick_step(ckpt_dir: Path, ok: bool, phase: str | None, step: int | None, verify: bool) -> int:
     if step is not None:
-        if not ok or _step_problem(ckpt_dir / sf.step_name(step), verify) is not None:
-            raise _not_complete(ckpt_dir, step)
-        return step
+        return _require_complete(ckpt_dir, ok, step, verify)
     found = latest_step(ckpt_dir, verify=verify) if ok else None
     if found is None:
         partial = _step_dirs(ckpt_dir)[-1:] if ok else []

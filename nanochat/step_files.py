@@ -25,6 +25,7 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 # Fields every meta.json has, and their types (bool is checked exactly: True is not a world size)
 META_FIELDS = {"format": str, "step": int, "world_size": int, "has_optimizer": bool, "has_rng": bool}
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 
 
 def step_name(step: int) -> str:
@@ -89,7 +90,7 @@ def meta_problem(meta: object, folder: str) -> str | None:
         return f"has format {meta.get('format')!r:.60}, this code reads {FORMAT!r}"
     for key, kind in META_FIELDS.items():
         if type(meta.get(key)) is not kind:
-            return f"has {key} = {meta.get(key)!r:.60}, not a {kind.__name__}"
+            return f"has {key} = {meta.get(key)!r:.60}, which is not {_KIND_NAMES[kind]}"
     if meta["world_size"] < 1 or step_name(meta['step']) != folder:
         return f"has world_size {meta['world_size']} and step {meta['step']}, which do not fit folder {folder}"
     states = meta.get("loader_states")

@@ -506,7 +506,7 @@ DAMAGE = [
      "meta.json", "is not valid JSON .*recursion"),
     ("meta-a-list", lambda d: (d / "meta.json").write_text("[1, 2]"), False, "meta.json", "holds a list"),
     ("meta-world-size-str", edit_meta(lambda m: m.update(world_size="two")), False, "meta.json",
-     "has world_size = 'two', not a int"),
+     "has world_size = 'two', which is not an integer"),
     ("meta-missing-field", edit_meta(lambda m: m.pop("has_rng")), False, "meta.json", "has has_rng = None"),
     ("meta-format", edit_meta(lambda m: m.update(format="other/2")), False, "meta.json", "has format 'other/2'"),
     ("meta-step", edit_meta(lambda m: m.update(step=9)), False, "meta.json", "do not fit folder step_000002"),
@@ -548,18 +548,58 @@ def test_damaged_step_fails_in_one_line_naming_the_file(base_dir, damage, restam
     assert load_for(name, d)() is not None
 
 
-def test_damaged_step_fails_in_one_line_through_chat_cli_and_chat_web(base_dir):
+def run_script(script, *args):
+    return subprocess.run([sys.executable, "-m", script, *args, "--device_type=cpu"], cwd=REPO_ROOT,
+                          env=subprocess_env(NANOCHAT_BASE_DIR=str(get_base_dir())), capture_output=True, text=True,
+                          timeout=300)
+
+
+def set_tokenizer_pattern(pattern):
+    path = get_base_dir() / "tokenizer" / "tokenizer.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pattern": pattern}))
+    return path
+
+
+# (id, damage to step 1 of the only checkpoint, scripts to run, file the error names, what it says)
+CLI_DAMAGE = [
+    ("meta-world-size-str", edit_meta(lambda m: m.update(world_size="two")), ("scripts.chat_cli", "scripts.chat_web"),
+     "step_000001/meta.json", "world_size = 'two'"),
+    ("model-int8", DAMAGE[3][1], ("scripts.chat_cli",), "step_000001/model.safetensors", "torch.int8"),
+    ("tokenizer-backtracking", lambda d: set_tokenizer_pattern(r"(?:a|a)*(?!x)b|[\s\S]"), ("scripts.chat_cli",),
+     "tokenizer/tokenizer.json", "needs unbounded backtracking"),
+]
+
+
+@pytest.mark.parametrize("damage,scripts,name,message", [c[1:] for c in CLI_DAMAGE], ids=[c[0] for c in CLI_DAMAGE])
+def test_damaged_files_fail_in_one_line_through_chat_cli_and_chat_web(base_dir, damage, scripts, name, message):
     d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
-    edit_meta(lambda m: m.update(world_size="two"))(d / "step_000001")
-    env = subprocess_env(NANOCHAT_BASE_DIR=str(base_dir))
-    for script in ("scripts.chat_cli", "scripts.chat_web"):
-        args = ["-p", "hi"] if script == "scripts.chat_cli" else ["--port=0"]
-        proc = subprocess.run([sys.executable, "-m", script, *args, "--device_type=cpu"], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+    damage(d / "step_000001")
+    if "model" in name:
+        restamp(d / "step_000001")
+    for script in scripts:
+        proc = run_script(script, *(["-p", "hi"] if script == "scripts.chat_cli" else ["--port=0"]))
         assert proc.returncode == 1, (script, proc.stdout, proc.stderr)
         lines = proc.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stdout, proc.stderr
-        assert str(d / "step_000001" / "meta.json") in lines[0] and "world_size = 'two'" in lines[0]
+        assert name in lines[0] and message in lines[0], lines[0]
+
+
+def test_chat_cli_answers_from_the_newest_complete_step(base_dir):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
+    interrupted_copy(gpt_steps(base_dir / "pod" / "d1", [2]) / "step_000002", d / "step_000002", 1)
+    proc = run_script("scripts.chat_cli", "-p", "hi", "--temperature=0", "--max_tokens=4")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert f"warning: skipping {d / 'step_000002'}: model.safetensors is missing" in proc.stdout
+
+
+def test_resume_reports_a_damaged_meta_json_in_one_line(base_dir):
+    from nanochat.training import resume_training
+
+    d = gpt_steps(ck.checkpoint_dir("base", "d1"), [1, 2])
+    edit_meta(lambda m: m.update(world_size="two"))(d / "step_000002")
+    with pytest.raises(ValueError, match=r"step_000002/meta.json has world_size = 'two', which is not an integer; copy that step"):
+        resume_training(d, "auto", model=None, optimizers=[], loader=None, scaler=None, model_config={},
+                        world_size=1, num_iterations=None)
 
 
 def test_a_changed_byte_is_caught_when_verifying(base_dir, capsys, monkeypatch):
