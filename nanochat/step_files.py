@@ -134,8 +134,10 @@ def load_torch(path: Path, device: str | torch.device):
         reason = one_line(reason.group(1) if reason else e)[:200]
         raise damaged(path, f"is damaged or holds objects other than tensors and plain containers ({reason}); "
                              f"refusing to load it (checkpoints are read with torch.load(weights_only=True) only)") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:  # a damaged archive member
-        raise damaged(path, f"cannot be read ({one_line(e)[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, RuntimeError) and "PytorchStreamReader" not in str(e):
+            raise  # e.g. out of memory on the device: not the file's fault
+        raise damaged(path, f"cannot be read ({one_line(e)[:200]})") from None  # a damaged archive member
 
 
 def load_safetensors(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:

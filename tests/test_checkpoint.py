@@ -478,6 +478,16 @@ def overwrite(name, data, at=0):
     return apply
 
 
+def break_first_tensor(name):
+    """Overwrite the zip signature of the first tensor's member: the archive's index still looks fine."""
+    def apply(step_dir):
+        data = bytearray((step_dir / name).read_bytes())
+        at = data.rfind(b"PK\x03\x04", 0, data.find(b"/data/0"))
+        data[at:at + 4] = b"XXXX"
+        (step_dir / name).write_bytes(bytes(data))
+    return apply
+
+
 def first_weight(state):
     return next(k for k in sorted(state) if k.endswith("weight"))
 
@@ -522,6 +532,8 @@ DAMAGE = [
      "is damaged or holds objects other than tensors"),
     ("optim-truncated", lambda d: os.truncate(d / "optim_rank0.pt", 500), True, "optim_rank0.pt",
      "not a torch.save archive"),
+    ("optim-member-header", break_first_tensor("optim_rank0.pt"), False, "optim_rank0.pt",
+     "cannot be read .*PytorchStreamReader failed reading file"),
     ("rng-damaged-member", overwrite("rng_rank0.pt", b"\x00" * 64, 200), False, "rng_rank0.pt",
      "is damaged or holds objects other than tensors"),
 ]
@@ -564,7 +576,7 @@ def set_tokenizer_pattern(pattern):
 CLI_DAMAGE = [
     ("meta-world-size-str", edit_meta(lambda m: m.update(world_size="two")), ("scripts.chat_cli", "scripts.chat_web"),
      "step_000001/meta.json", "world_size = 'two'"),
-    ("model-int8", DAMAGE[3][1], ("scripts.chat_cli",), "step_000001/model.safetensors", "torch.int8"),
+    ("model-int8", {c[0]: c[1] for c in DAMAGE}["model-int8"], ("scripts.chat_cli",), "step_000001/model.safetensors", "torch.int8"),
     ("tokenizer-backtracking", lambda d: set_tokenizer_pattern(r"(?:a|a)*(?!x)b|[\s\S]"), ("scripts.chat_cli",),
      "tokenizer/tokenizer.json", "needs unbounded backtracking"),
 ]
