@@ -437,7 +437,8 @@ def _finish(temp: Path, final: Path, world_size: int, meta_out: dict, tensors: d
     for r in range(world_size):
         path = temp / _scratch_file(r)
         scratch = json.loads(path.read_bytes()) if path.is_file() else {"files": {}, "loader_state": None}
-        expected = ([optim_file(r)] if meta_out["has_optimizer"] else []) + ([rng_file(r)] if meta_out["has_rng"] else [])
+        expected = (([optim_file(r)] if meta_out["has_optimizer"] else [])
+                    + ([rng_file(r)] if meta_out["has_rng"] else []))
         if sorted(scratch["files"]) != sorted(expected):
             raise RuntimeError(f"rank {r} did not write {expected} into {temp}: every rank must call "
                                f"save_checkpoint with the same optimizer/rng choices on a shared filesystem")

@@ -132,8 +132,8 @@ def load_torch(path: Path, device: str | torch.device):
         # that happen to unpickle as such): never run it
         reason = re.search(r"WeightsUnpickler error: (.*?)(\n\n|$)", str(e), re.S)
         reason = one_line(reason.group(1) if reason else e)[:200]
-        raise damaged(path, f"is damaged or holds objects other than tensors and plain containers ({reason}); "
-                             f"refusing to load it (checkpoints are read with torch.load(weights_only=True) only)") from e
+        raise damaged(path, f"is damaged or holds objects other than tensors and plain containers ({reason}); refusing "
+                            f"to load it (checkpoints are read with torch.load(weights_only=True) only)") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, RuntimeError) and "PytorchStreamReader" not in str(e):
             raise  # e.g. out of memory on the device: not the file's fault

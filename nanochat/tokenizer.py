@@ -391,7 +391,8 @@ def _check_pattern(pattern: object) -> None:
 # each kind of character (where nested quantifiers backtrack without bound) and a mixed sample.
 _PROBE_TEXTS = [c * 200 for c in ("a", "Z", "\u00e9", "\ud55c", "1", "\u0663", " ", "\t", "\n", "\r\n", "!", "'",
                                   "\U0001f600", "e\u0301")]
-_PROBE_TEXTS += ["Hello world! It's 2024, don't   panic.\n\n\tx = f(1)  # \ud55c\uad6d\uc5b4 \U0001f600\r\n", "a1 !\n" * 50]
+_PROBE_TEXTS += ["Hello world! It's 2024, don't   panic.\n\n\tx = f(1)  # \ud55c\uad6d\uc5b4 \U0001f600\r\n",
+                 "a1 !\n" * 50]
 
 
 def _probe_pattern(pattern: str, enc: tiktoken.Encoding) -> None:

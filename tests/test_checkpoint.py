@@ -431,8 +431,8 @@ def test_only_incomplete_steps_says_why(base_dir):
     d = ck.checkpoint_dir("sft", "d1")
     other = gpt_steps(base_dir / "pod" / "d1", [3]) / "step_000003"
     interrupted_copy(other, d / "step_000003", 1)
-    with pytest.raises(FileNotFoundError, match=r"no sft checkpoint in .*d1: train one with python -m "
-                                                r"scripts.chat_sft \(step_000003 is incomplete: model.safetensors is missing\)"):
+    with pytest.raises(FileNotFoundError, match=r"no sft checkpoint in .*d1: train one with python -m scripts.chat_sft "
+                                                r"\(step_000003 is incomplete: model.safetensors is missing\)"):
         ck.load_model("sft", tag="d1")
 
 
@@ -576,7 +576,8 @@ def set_tokenizer_pattern(pattern):
 CLI_DAMAGE = [
     ("meta-world-size-str", edit_meta(lambda m: m.update(world_size="two")), ("scripts.chat_cli", "scripts.chat_web"),
      "step_000001/meta.json", "world_size = 'two'"),
-    ("model-int8", {c[0]: c[1] for c in DAMAGE}["model-int8"], ("scripts.chat_cli",), "step_000001/model.safetensors", "torch.int8"),
+    ("model-int8", {c[0]: c[1] for c in DAMAGE}["model-int8"], ("scripts.chat_cli",),
+     "step_000001/model.safetensors", "torch.int8"),
     ("tokenizer-backtracking", lambda d: set_tokenizer_pattern(r"(?:a|a)*(?!x)b|[\s\S]"), ("scripts.chat_cli",),
      "tokenizer/tokenizer.json", "needs unbounded backtracking"),
 ]
@@ -609,7 +610,7 @@ def test_resume_reports_a_damaged_meta_json_in_one_line(base_dir):
 
     d = gpt_steps(ck.checkpoint_dir("base", "d1"), [1, 2])
     edit_meta(lambda m: m.update(world_size="two"))(d / "step_000002")
-    with pytest.raises(ValueError, match=r"step_000002/meta.json has world_size = 'two', which is not an integer; copy that step"):
+    with pytest.raises(ValueError, match=r"step_000002/meta.json has world_size = 'two', which is not an integer; copy"):
         resume_training(d, "auto", model=None, optimizers=[], loader=None, scaler=None, model_config={},
                         world_size=1, num_iterations=None)
 
