@@ -12,7 +12,9 @@ executes code):
      "token_bytes": [1, 1, ..., 0]}   # UTF-8 byte length of every id (0 for special tokens)
 
 The file is written to a temporary name in the same directory and renamed, so a reader sees either the old
-tokenizer or the new one, never half of one. `load` checks every field and says what is wrong.
+tokenizer or the new one, never half of one. `load` checks every field and says what is wrong, in one
+line; building a tokenizer also probes its split pattern on sample texts (`_probe_pattern`), so a pattern
+that matches empty text, skips text or backtracks without bound fails there, not in the middle of a run.
 
 Surrogates: a Python str may hold lone surrogates (U+D800..U+DFFF) that UTF-8 cannot represent. Such
 text is normalised before encoding with `s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")`:
@@ -397,8 +399,9 @@ _PROBE_TEXTS += ["Hello world! It's 2024, don't   panic.\n\n\tx = f(1)  # \ud55c
 
 def _probe_pattern(pattern: str, enc: tiktoken.Encoding) -> None:
     """ValueError unless the pattern cuts every probe text into non-empty pieces that cover all of it,
-    within fancy-regex's backtracking limit: tiktoken runs the same engine, and panics while encoding
-    when a pattern hits that limit or matches empty text (tiktoken 0.x unwraps the match result)."""
+    within fancy-regex's backtracking limit. tiktoken runs the same engine and panics mid-encode when a
+    pattern hits that limit or matches empty text: its src/lib.rs unwraps every match and its
+    byte_pair_encode indexes into every piece."""
     try:  # rustbpe splits with fancy-regex too, and reports its errors instead of panicking
         from nanochat import rustbpe
     except ImportError:
