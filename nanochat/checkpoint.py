@@ -2,7 +2,15 @@
 
 One step lives in $NANOCHAT_BASE_DIR/<phase dir>/<tag>/step_<NNNNNN>/: model.safetensors, meta.json,
 and per rank R optim_rank<R>.pt (the optimizers' state_dicts) and rng_rank<R>.pt (RNG states). It is
-written under .step_<NNNNNN>.tmp and renamed when complete, so a step directory is complete or absent.
+written under .step_<NNNNNN>.tmp and renamed when complete (nanochat/atomic_dir.py); a step that exists
+complete is never saved over. meta.json lists every other file with its size and sha256 ("files").
+
+A step counts (list_checkpoints, latest_step, find_resume, load_checkpoint) only when its meta.json is
+there and every file it lists is present at the recorded size: a folder left by an interrupted copy
+(`rsync -avP` sends meta.json first, as it sorts first) is skipped and the newest complete step is used.
+Checksums are compared too when asked: verify=True, or NANOCHAT_VERIFY_CHECKPOINTS=1 for every load.
+Steps saved before manifests existed count when the files their meta.json implies are present.
+Loading validates what it reads and fails with one line naming the file and what to do.
 
     step = find_resume(ckpt_dir, cfg.resume)          # '' / 'auto' / N -> None or a step
     c = load_checkpoint(ckpt_dir, step)               # model, this rank's optimizer/rng/loader state
@@ -12,14 +20,11 @@ written under .step_<NNNNNN>.tmp and renamed when complete, so a step directory 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import pickle
 import random
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,37 +33,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanochat.common import get_base_dir, get_dist_info
+from nanochat import atomic_dir
+from nanochat import step_files as sf
+from nanochat.common import dist_initialized, get_base_dir, print0, rank_and_world
 from nanochat.phases import PHASES, Phase  # noqa: F401 (re-exported: the phase names checkpoints use)
 
-FORMAT = "nanochat-checkpoint/1"
-MODEL_FILE = "model.safetensors"
-META_FILE = "meta.json"
+# the step's file names and readers, re-exported: callers know them as checkpoint.X
+from nanochat.step_files import FORMAT, META_FILE, MODEL_FILE, check_model_state, optim_file, rng_file  # noqa: F401
+
+VERIFY_ENV = "NANOCHAT_VERIFY_CHECKPOINTS"  # 1: every load also compares the files' sha256
 # Keys save_checkpoint writes itself; a caller's meta may not set them (they describe this save).
-RESERVED_META_KEYS = ("format", "step", "world_size", "saved_at", "has_optimizer", "has_rng", "loader_states")
+RESERVED_META_KEYS = ("format", "step", "world_size", "saved_at", "has_optimizer", "has_rng", "loader_states",
+                      "files")
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
-# .tmp: being written (or left by a crashed writer); .old: a replaced or pruned step on its way out.
+# .tmp: being written (or left by a crashed writer); .old: a pruned or replaced step on its way out.
 _TEMP_RE = re.compile(r"^\.step_(\d+)\.(tmp|old)$")
 
 PathLike = str | os.PathLike
 
 
-def _step_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def optim_file(rank: int) -> str:
-    return f"optim_rank{rank}.pt"
-
-
-def rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
-
-
-def _loader_file(rank: int) -> str:
-    # scratch file inside the temp dir only: rank 0 folds these into meta.json and deletes them
-    return f"loader_rank{rank}.json"
+def _scratch_file(rank: int) -> str:
+    # inside the temp dir only: a rank's loader state and file manifest; rank 0 folds them into meta.json
+    return f"rank{rank}.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +87,7 @@ def _newest_tag(root: Path) -> Path | None:
         for d in root.iterdir():
             steps = list_checkpoints(d) if d.is_dir() and not d.name.startswith(".") else []
             if steps:
-                saved = (d / _step_name(steps[-1]) / META_FILE).stat().st_mtime
+                saved = (d / sf.step_name(steps[-1]) / META_FILE).stat().st_mtime
                 if saved > best_time:
                     best, best_time = d, saved
     return best
@@ -122,28 +119,65 @@ def _resolve(phase_or_dir: PathLike, tag: str | None) -> tuple[Path, bool]:
     return Path(phase_or_dir), True
 
 
-def list_checkpoints(phase_or_dir: PathLike, tag: str | None = None) -> list[int]:
-    """Complete steps, ascending. Temp dirs of unfinished or crashed saves are never listed."""
+def _step_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every step_N folder, complete or not, ascending."""
+    found = [(int(m.group(1)), d) for d in ckpt_dir.iterdir() if (m := _STEP_RE.match(d.name))] \
+        if ckpt_dir.is_dir() else []
+    return sorted(found)
+
+
+def _step_problem(step_dir: Path, verify: bool = False) -> str | None:
+    """Why a step folder is not a complete checkpoint (yet), or None when it is one.
+
+    A meta.json that cannot be read counts as complete here, so that loading the step names the damage
+    instead of silently using an older step.
+    """
+    if not (step_dir / META_FILE).is_file():
+        return f"{META_FILE} is missing"
+    try:
+        meta = sf.parse_meta(step_dir)
+    except ValueError:
+        return None
+    return atomic_dir.check_manifest(step_dir, sf.listed_files(meta), verify)
+
+
+def _verify_requested(verify: bool | None) -> bool:
+    return os.environ.get(VERIFY_ENV, "").strip() not in ("", "0") if verify is None else verify
+
+
+def list_checkpoints(phase_or_dir: PathLike, tag: str | None = None, *, verify: bool = False) -> list[int]:
+    """Complete steps, ascending: meta.json and every file it lists at its recorded size (verify: and
+    sha256). Temp dirs of unfinished saves and folders of interrupted copies are never listed."""
     ckpt_dir, ok = _resolve(phase_or_dir, tag)
-    if not ok or not ckpt_dir.is_dir():
-        return []
-    steps = []
-    for d in ckpt_dir.iterdir():
-        m = _STEP_RE.match(d.name)
-        # the rename makes a step dir complete; meta.json is also required so that a half-copied
-        # folder (an interrupted rsync of a pod's disk) is not taken for a checkpoint
-        if m and (d / META_FILE).is_file():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
+    return [s for s, d in _step_dirs(ckpt_dir) if _step_problem(d, verify) is None] if ok else []
 
 
-def latest_step(phase_or_dir: PathLike, tag: str | None = None) -> int | None:
-    """The highest complete step, or None when there is none."""
-    steps = list_checkpoints(phase_or_dir, tag)
-    return steps[-1] if steps else None
+def latest_step(phase_or_dir: PathLike, tag: str | None = None, *, verify: bool | None = None) -> int | None:
+    """The highest complete step, or None when there is none (verify None: NANOCHAT_VERIFY_CHECKPOINTS)."""
+    ckpt_dir, ok = _resolve(phase_or_dir, tag)
+    verify = _verify_requested(verify)
+    for step, d in reversed(_step_dirs(ckpt_dir) if ok else []):
+        problem = _step_problem(d, verify)
+        if problem is None:
+            return step
+        print0(f"warning: skipping {d}: {problem} (an interrupted copy?); looking at older steps")
+    return None
 
 
-def find_resume(phase_or_dir: PathLike, resume: str | int | None, *, tag: str | None = None) -> int | None:
+def _require_complete(ckpt_dir: Path, ok: bool, step: int, verify: bool, prefix: str = "") -> int:
+    """step, or FileNotFoundError saying what its folder lacks (if there is one) and which steps there are."""
+    folder = ckpt_dir / sf.step_name(step)
+    problem = _step_problem(folder, verify) if ok else f"{ckpt_dir} does not exist"
+    if problem is None:
+        return step
+    steps = list_checkpoints(ckpt_dir) if ok else []
+    why = f" ({folder.name}: {problem})" if folder.is_dir() else ""
+    raise FileNotFoundError(f"{prefix}no complete step {step} in {ckpt_dir}{why}; available steps: "
+                            f"{', '.join(map(str, steps)) or 'none'}")
+
+
+def find_resume(phase_or_dir: PathLike, resume: str | int | None, *, tag: str | None = None,
+                verify: bool | None = None) -> int | None:
     """Which step a --resume value means: '' = off (None), 'auto' = latest if any (else None), or N.
 
     A step number must name a complete checkpoint; otherwise FileNotFoundError lists those there are.
@@ -152,15 +186,11 @@ def find_resume(phase_or_dir: PathLike, resume: str | int | None, *, tag: str | 
     if value == "":
         return None
     if value == "auto":
-        return latest_step(phase_or_dir, tag)
+        return latest_step(phase_or_dir, tag, verify=verify)
     if not value.isdigit():
         raise ValueError(f"resume must be '' (off), 'auto' or a step number, got {resume!r}")
-    step, steps = int(value), list_checkpoints(phase_or_dir, tag)
-    if step not in steps:
-        ckpt_dir, _ = _resolve(phase_or_dir, tag)
-        available = ", ".join(map(str, steps)) if steps else "none"
-        raise FileNotFoundError(f"resume={value}: no complete step {step} in {ckpt_dir}; available steps: {available}")
-    return step
+    ckpt_dir, ok = _resolve(phase_or_dir, tag)
+    return _require_complete(ckpt_dir, ok, int(value), _verify_requested(verify), prefix=f"resume={value}: ")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,109 +310,11 @@ def _json_bytes(obj, where: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------
-# Durable file operations
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # makes a rename or a new file's directory entry durable; directories cannot be opened on Windows
-    if os.name == "posix":
-        _fsync_path(path)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_torch(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_model(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    _fsync_path(path)
-
-
-def _swap_dirs(a: Path, b: Path) -> bool:
-    """Atomically exchange two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # glibc < 2.28, musl
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    # fails with EINVAL on filesystems without exchange support (some network filesystems)
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _install(temp: Path, final: Path) -> None:
-    """Rename the finished temp dir to its step name, replacing an existing step of that number."""
-    if not final.exists():
-        os.rename(temp, final)
-    elif _swap_dirs(temp, final):
-        shutil.rmtree(temp)  # temp now holds the replaced step
-    else:
-        # no atomic exchange: the step is absent for the instant between the two renames, and its
-        # previous copy survives as .old until then, so the step is complete or absent, never half
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(temp, final)
-        shutil.rmtree(old)
-    _fsync_dir(final.parent)
-
-
-def _remove_dir(path: Path) -> None:
-    """Delete a step dir so that no crash leaves a half-deleted one that still looks complete."""
-    if _STEP_RE.match(path.name):
-        gone = path.with_name(f".{path.name}.old")
-        shutil.rmtree(gone, ignore_errors=True)
-        os.rename(path, gone)
-        path = gone
-    shutil.rmtree(path)
-
-
-# ----------------------------------------------------------------------------------------------
 # Save
 
 
-def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    info = get_dist_info()
-    rank = info.rank if rank is None else rank
-    world_size = info.world_size if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world_size {world_size}")
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != world_size:
-        # e.g. processes started by torch.multiprocessing without RANK/WORLD_SIZE in the environment
-        raise ValueError(f"torch.distributed has {dist.get_world_size()} processes but world_size is "
-                         f"{world_size}: pass rank= and world_size= explicitly")
-    return rank, world_size
-
-
 def _default_barrier() -> Callable[[], None]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.barrier
-    return lambda: None
+    return torch.distributed.barrier if dist_initialized() else (lambda: None)
 
 
 def save_checkpoint(
@@ -407,26 +339,31 @@ def save_checkpoint(
         read on rank 0 only. RESERVED_META_KEYS are written by this function and may not be passed.
     loader_state: this rank's JSON-able dataloader state; meta.json gets the list of every rank's.
     rng: save this rank's RNG states (capture_rng) for an exact resume.
-    rank, world_size: default to the torchrun environment (common.get_dist_info).
+    rank, world_size: default to the running job's (common.rank_and_world).
     barrier: defaults to torch.distributed.barrier when initialised, else a no-op.
 
-    Protocol: rank 0 makes the temp dir .step_N.tmp (removing one left by a crash), barrier, each rank
-    writes and fsyncs its optim/rng files, barrier, rank 0 writes the model and meta.json (last),
-    renames the dir to step_N, barrier. All ranks must see one shared filesystem. Saving a step that
-    exists replaces it (atomically on Linux), so a resumed run may save the step it resumed from.
+    Protocol: every rank checks that step_N is not a complete step already (a step is never saved
+    over; an incomplete folder, e.g. an interrupted copy, is replaced), rank 0 makes the temp dir
+    .step_N.tmp (removing one left by a crash), barrier, each rank writes, fsyncs and hashes its
+    optim/rng files, barrier, rank 0 writes the model and meta.json (last, with the manifest of every
+    file), renames the dir to step_N, barrier. All ranks must see one shared filesystem.
     """
     ckpt_dir = Path(ckpt_dir)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
-    rank, world_size = _rank_and_world(rank, world_size)
+    rank, world_size = rank_and_world(rank, world_size)
     barrier = barrier or _default_barrier()
-    final = ckpt_dir / _step_name(step)
-    temp = ckpt_dir / f".{final.name}.tmp"
+    final = ckpt_dir / sf.step_name(step)
+    temp = atomic_dir.temp_path(final)
+    if final.is_dir() and _step_problem(final) is None:
+        raise ValueError(f"{final} already holds a complete checkpoint and a step is never saved over: resume "
+                         f"from it (--resume=auto), save under another --model_tag, or delete that folder")
 
     # Validate and convert before anything is written: a bad argument fails with its own message
     # and leaves no files (the other ranks then stop at the barrier's timeout, as on any rank error).
     optim = None if optimizer_states is None else _plain(list(optimizer_states), "optimizer_states")
-    loader_json = None if loader_state is None else _json_bytes(loader_state, "loader_state")
+    if loader_state is not None:
+        _json_bytes(loader_state, "loader_state")
     if rank == 0:
         if model_state is None or meta is None:
             raise ValueError("rank 0 must pass model_state and meta")
@@ -446,35 +383,46 @@ def save_checkpoint(
         temp.mkdir()
     barrier()
 
+    mine = ([optim_file(rank)] if optim is not None else []) + ([rng_file(rank)] if rng else [])
     if optim is not None:
-        _write_torch(temp / optim_file(rank), optim)
+        sf.write_torch(temp / optim_file(rank), optim)
     if rng:
-        _write_torch(temp / rng_file(rank), capture_rng())
-    if loader_json is not None:
-        _write_bytes(temp / _loader_file(rank), loader_json)
+        sf.write_torch(temp / rng_file(rank), capture_rng())
+    # each rank hashes its own files, in parallel, while they are still in the page cache
+    scratch = {"loader_state": loader_state, "files": atomic_dir.manifest(temp, mine)}
+    atomic_dir.write_bytes(temp / _scratch_file(rank), _json_bytes(scratch, "loader_state"))
     barrier()
 
     if rank == 0:
-        for r in range(world_size):
-            needed = ([optim_file(r)] if optim is not None else []) + ([rng_file(r)] if rng else [])
-            missing = [name for name in needed if not (temp / name).is_file()]
-            if missing:
-                raise RuntimeError(f"rank {r} did not write {missing} into {temp}: every rank must call "
-                                   f"save_checkpoint with the same optimizer/rng choices on a shared filesystem")
-        loader_states = []
-        for r in range(world_size):
-            path = temp / _loader_file(r)
-            loader_states.append(json.loads(path.read_bytes()) if path.is_file() else None)
-            path.unlink(missing_ok=True)
-        if any(s is not None for s in loader_states):
-            meta_out["loader_states"] = loader_states
-        _write_model(temp / MODEL_FILE, tensors)
-        # meta.json last: its presence is what marks a step directory complete
-        _write_bytes(temp / META_FILE, _json_bytes(meta_out, "meta"))
-        _fsync_dir(temp)
-        _install(temp, final)
+        _finish(temp, final, world_size, meta_out, tensors)
     barrier()
     return final
+
+
+def _finish(temp: Path, final: Path, world_size: int, meta_out: dict, tensors: dict) -> None:
+    """Rank 0, once every rank has written: fold in their manifests and loader states, write the model
+    and meta.json, install the folder."""
+    files, loader_states = {}, []
+    for r in range(world_size):
+        path = temp / _scratch_file(r)
+        scratch = json.loads(path.read_bytes()) if path.is_file() else {"files": {}, "loader_state": None}
+        expected = (([optim_file(r)] if meta_out["has_optimizer"] else [])
+                    + ([rng_file(r)] if meta_out["has_rng"] else []))
+        if sorted(scratch["files"]) != sorted(expected):
+            raise RuntimeError(f"rank {r} did not write {expected} into {temp}: every rank must call "
+                               f"save_checkpoint with the same optimizer/rng choices on a shared filesystem")
+        files.update(scratch["files"])
+        loader_states.append(scratch["loader_state"])
+        path.unlink(missing_ok=True)
+    if any(s is not None for s in loader_states):
+        meta_out["loader_states"] = loader_states
+    sf.write_model(temp / MODEL_FILE, tensors)
+    meta_out["files"] = {**atomic_dir.manifest(temp, [MODEL_FILE]), **files}
+    # meta.json last: a copy that has it but not every file it lists at its size is incomplete
+    atomic_dir.write_bytes(temp / META_FILE, _json_bytes(meta_out, "meta"))
+    if final.exists():
+        atomic_dir.remove(final)  # not a checkpoint (checked above): e.g. the folder of an interrupted copy
+    atomic_dir.install(temp, final)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,24 +442,20 @@ class Checkpoint:
     loader_state: dict | None  # this rank's dataloader state; None for model-only loads
 
 
-def _load_torch(path: Path, device: str | torch.device):
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from a checkpoint that should have it")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refused something other than tensors and plain containers: never run it
-        raise ValueError(f"{path} holds objects other than tensors and plain containers; refusing to load "
-                         f"it (checkpoints are read with torch.load(weights_only=True) only)") from e
-
-
 def read_meta(ckpt_dir: PathLike, step: int) -> dict:
-    """meta.json of one complete step, without touching the tensors (e.g. to compare world sizes)."""
-    path = Path(ckpt_dir) / _step_name(step) / "meta.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no complete checkpoint at {path.parent}") from None
+    """meta.json of one complete step, checked, without touching the tensors (e.g. to compare world sizes)."""
+    return sf.parse_meta(Path(ckpt_dir) / sf.step_name(step))
+
+
+def _pick_step(ckpt_dir: Path, ok: bool, phase: str | None, step: int | None, verify: bool) -> int:
+    if step is not None:
+        return _require_complete(ckpt_dir, ok, step, verify)
+    found = latest_step(ckpt_dir, verify=verify) if ok else None
+    if found is None:
+        partial = _step_dirs(ckpt_dir)[-1:] if ok else []
+        why = "".join(f" ({d.name} is incomplete: {_step_problem(d, verify)})" for _, d in partial)
+        raise FileNotFoundError(_missing_message(phase, ckpt_dir) + why)
+    return found
 
 
 def load_checkpoint(
@@ -523,43 +467,34 @@ def load_checkpoint(
     world_size: int | None = None,
     load_optimizer: bool = True,
     device: str | torch.device = "cpu",
+    verify: bool | None = None,
 ) -> Checkpoint:
     """Load a complete step (None = latest) for this rank: a phase name (+ tag) or a checkpoint dir.
 
     load_optimizer=True (resuming) also loads this rank's optimizer states, RNG and loader state, and
     requires the saved world size, since optimizer states are sharded per rank. load_optimizer=False
     is the model-only load (fine-tuning from it, inference, a different world size): model and meta.
+    verify: also compare every file's sha256 with meta.json (None: NANOCHAT_VERIFY_CHECKPOINTS=1).
+    A damaged file raises ValueError naming it; a missing or incomplete step FileNotFoundError.
     """
     ckpt_dir, ok = _resolve(phase_or_dir, tag)
     phase = phase_or_dir if isinstance(phase_or_dir, str) and phase_or_dir in PHASES else _phase_of(ckpt_dir)
-    steps = list_checkpoints(ckpt_dir) if ok else []
-    if not steps:
-        raise FileNotFoundError(_missing_message(phase, ckpt_dir))
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise FileNotFoundError(f"no complete step {step} in {ckpt_dir}; available steps: "
-                                f"{', '.join(map(str, steps))}")
-    path = ckpt_dir / _step_name(step)
-    meta = json.loads((path / META_FILE).read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path / META_FILE} has format {meta.get('format')!r}, this code reads {FORMAT!r}")
-
-    from safetensors.torch import load_file
-
-    model_state = load_file(str(path / MODEL_FILE), device=str(device))
+    step = _pick_step(ckpt_dir, ok, phase, step, _verify_requested(verify))
+    path = ckpt_dir / sf.step_name(step)
+    meta = sf.parse_meta(path)
+    model_state = sf.load_safetensors(path / MODEL_FILE, device)
     optimizer_states = rng = loader_state = None
     if load_optimizer:
-        rank, world_size = _rank_and_world(rank, world_size)
+        rank, world_size = rank_and_world(rank, world_size)
         saved = meta["world_size"]
         if saved != world_size:
             raise ValueError(f"{path} was saved by {saved} ranks but this run has {world_size}: optimizer "
                              f"states are sharded per rank, so resume with {saved} processes, or load "
                              f"model-only (load_optimizer=False) and start the optimizers fresh")
         if meta["has_optimizer"]:
-            optimizer_states = _load_torch(path / optim_file(rank), device)
+            optimizer_states = sf.load_torch(path / optim_file(rank), device)
         if meta["has_rng"]:
-            rng = _load_torch(path / rng_file(rank), "cpu")  # RNG states are CPU byte tensors
+            rng = sf.load_torch(path / rng_file(rank), "cpu")  # RNG states are CPU byte tensors
         if meta.get("loader_states"):
             loader_state = meta["loader_states"][rank]
     return Checkpoint(path, step, meta, model_state, optimizer_states, rng, loader_state)
@@ -587,24 +522,28 @@ def prune_checkpoints(ckpt_dir: PathLike, keep_last: int, *, keep_step: int | No
             if m and int(m.group(1)) <= steps[-1] and int(m.group(1)) != keep_step and d.is_dir():
                 doomed.append(d)
     # temp dirs first: removing step N goes through the name .step_N.old, which must be free by then
-    doomed += [ckpt_dir / _step_name(s) for s in (steps[:-keep_last] if keep_last > 0 else []) if s != keep_step]
+    doomed += [ckpt_dir / sf.step_name(s) for s in (steps[:-keep_last] if keep_last > 0 else []) if s != keep_step]
     for d in doomed:
-        _remove_dir(d)
+        atomic_dir.remove(d)
     return doomed
 
 
 def load_model(phase_or_dir: PathLike, step: int | None = None, *, tag: str | None = None,
-               device: str | torch.device = "cpu"):
+               device: str | torch.device = "cpu", verify: bool | None = None):
     """Rebuild the model a checkpoint was saved from (its meta's model_config) and load its weights.
 
     Returns (model in eval mode, meta). Model-only: works for any world size.
     """
     from nanochat.gpt import GPT, GPTConfig
 
-    saved = load_checkpoint(phase_or_dir, step, tag=tag, load_optimizer=False, device=device)
-    config = GPTConfig(**saved.meta["model_config"])
+    saved = load_checkpoint(phase_or_dir, step, tag=tag, load_optimizer=False, device=device, verify=verify)
+    try:
+        config = GPTConfig(**saved.meta["model_config"])
+    except (KeyError, TypeError, ValueError) as e:  # missing, an unknown field, a bad value
+        raise sf.damaged(saved.path / META_FILE, f"has no usable model_config ({sf.one_line(e)[:200]})") from None
     with torch.device("meta"):
         model = GPT(config)
+    check_model_state(model.state_dict(), saved.model_state, saved.path / MODEL_FILE)
     model.to_empty(device=device)
     model.init_weights()  # fills the rotary tables, which are not part of the saved state
     model.load_state_dict(saved.model_state)

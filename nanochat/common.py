@@ -35,6 +35,11 @@ def atomic_path(path: str | os.PathLike):
     tmp = temp_path(path)
     try:
         yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name points at them (a crash keeps one or the other)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,7 +12,9 @@ executes code):
      "token_bytes": [1, 1, ..., 0]}   # UTF-8 byte length of every id (0 for special tokens)
 
 The file is written to a temporary name in the same directory and renamed, so a reader sees either the old
-tokenizer or the new one, never half of one. `load` checks every field and says what is wrong.
+tokenizer or the new one, never half of one. `load` checks every field and says what is wrong, in one
+line; building a tokenizer also probes its split pattern on sample texts (`_probe_pattern`), so a pattern
+that matches empty text, skips text or backtracks without bound fails there, not in the middle of a run.
 
 Surrogates: a Python str may hold lone surrogates (U+D800..U+DFFF) that UTF-8 cannot represent. Such
 text is normalised before encoding with `s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")`:
@@ -41,6 +43,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import regex
 import tiktoken
+
+from nanochat.common import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +98,7 @@ class Tokenizer:
                                           special_tokens=dict(self._special))
         except ValueError as e:  # fancy-regex (tiktoken's engine) can reject what `regex` accepts
             raise ValueError(f"tiktoken rejected the split pattern: {e}") from None
+        _probe_pattern(pattern, self._enc)
 
     # ---- building, saving, loading
 
@@ -145,16 +150,7 @@ class Tokenizer:
             "token_bytes": self._token_bytes_lengths.tolist(),
         }
         path = os.path.join(directory, FILE_NAME)
-        tmp = os.path.join(directory, f".{FILE_NAME}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=1)  # one rank per line: readable and diffable
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):  # only when writing failed midway
-                os.remove(tmp)
+        write_json_atomic(path, payload, indent=1)  # one rank per line: readable and diffable
         return path
 
     @classmethod
@@ -166,7 +162,7 @@ class Tokenizer:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             return cls._from_saved(data)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: JSON nested deeper than the parser's stack
             reason = " ".join(str(e).split())  # one line, whatever the underlying error printed
             msg = f"tokenizer file {path} is invalid: {reason}; retrain with {TRAIN_HINT}"
             raise ValueError(msg) from None
@@ -384,6 +380,40 @@ def _check_pattern(pattern: object) -> None:
         regex.compile(pattern)
     except regex.error as e:
         raise ValueError(f"the split pattern does not compile: {e}") from None
+
+
+# Texts on which a faulty split pattern shows itself when a tokenizer is built, not mid-run: long runs of
+# each kind of character (where nested quantifiers backtrack without bound) and a mixed sample.
+_PROBE_TEXTS = [c * 200 for c in ("a", "Z", "\u00e9", "\ud55c", "1", "\u0663", " ", "\t", "\n", "\r\n", "!", "'",
+                                  "\U0001f600", "e\u0301")]
+_PROBE_TEXTS += ["Hello world! It's 2024, don't   panic.\n\n\tx = f(1)  # \ud55c\uad6d\uc5b4 \U0001f600\r\n",
+                 "a1 !\n" * 50]
+
+
+def _probe_pattern(pattern: str, enc: tiktoken.Encoding) -> None:
+    """ValueError unless the pattern cuts every probe text into non-empty pieces that cover all of it,
+    within fancy-regex's backtracking limit. tiktoken runs the same engine and panics mid-encode when a
+    pattern hits that limit or matches empty text: its src/lib.rs unwraps every match and its
+    byte_pair_encode indexes into every piece."""
+    try:  # rustbpe splits with fancy-regex too, and reports its errors instead of panicking
+        from nanochat import rustbpe
+    except ImportError:
+        rustbpe = None
+    for text in _PROBE_TEXTS:
+        shown = f"{text[:12]!r}..."
+        try:
+            pieces = rustbpe.split(text, pattern) if rustbpe is not None else None
+            covered = "".join(pieces) if pieces is not None else enc.decode(enc.encode_ordinary(text))
+        except ValueError as e:
+            raise ValueError(f"the split pattern needs unbounded backtracking on a text like {shown} ({e})") from None
+        except BaseException as e:  # without rustbpe: tiktoken's PanicException, a BaseException
+            if type(e).__name__ != "PanicException":
+                raise
+            raise ValueError(f"the split pattern makes tiktoken fail on a text like {shown} ({e})") from None
+        if pieces is not None and "" in pieces:
+            raise ValueError(f"the split pattern matches empty text (in {shown}): every piece needs a character")
+        if covered != text:
+            raise ValueError(f"the split pattern skips characters of {shown}: encoding would lose them")
 
 
 def _check_special_names(names: object) -> None:

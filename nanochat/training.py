@@ -218,6 +218,7 @@ def resume_training(ckpt_dir: Path, resume: str | int | None, *, model, optimize
     if saved.meta["model_config"] != model_config:
         raise ValueError(f"checkpoint {saved.path} has model config {saved.meta['model_config']}, this run "
                          f"{model_config}: resume with the same model settings, or start a new --model_tag")
+    ckpt.check_model_state(model.state_dict(), saved.model_state, saved.path / ckpt.MODEL_FILE)  # one line, not a cast
     model.load_state_dict(saved.model_state)
     loader.load_state_dict(saved.meta["loader_states"])  # all ranks' states: handles a world size change
     loop = LoopState(**saved.meta["loop"])
@@ -241,6 +242,11 @@ def save_training(ckpt_dir: Path, step: int, *, model, optimizers, loader, scale
                   model_config: dict, options: dict, num_iterations: int | None, keep_last: int | None,
                   extra_meta: dict | None = None) -> None:
     """A complete, atomically installed checkpoint of the run (see nanochat/checkpoint.py), then prune."""
+    # A step is never saved over. A resumed run reaches the top of its loop at the step it resumed from,
+    # with the state it just loaded from there: that step is already saved, so there is nothing to write.
+    saved = ckpt.list_checkpoints(ckpt_dir)
+    if step in saved and ckpt.read_meta(ckpt_dir, step).get("loop") == dataclasses.asdict(loop):
+        return
     meta = {"model_config": model_config, "options": options, "num_iterations": num_iterations,
             "loop": dataclasses.asdict(loop), "grad_scaler": scaler.state_dict() if scaler else None,
             **(extra_meta or {})}

@@ -1,8 +1,11 @@
 """Checkpoints: exact round trip, completeness, pruning, resume choice, safe loading, crashes, 2 ranks."""
 
+import dataclasses
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nanochat import atomic_dir
 from nanochat import checkpoint as ck
+from nanochat.common import get_base_dir
 from tests.conftest import REPO_ROOT, subprocess_env
 
 
@@ -52,6 +57,13 @@ def save(d, step, model=None, opt=None, **kw):
     kw.setdefault("rng", False)
     return ck.save_checkpoint(d, step, model_state=model.state_dict(),
                               optimizer_states=[opt.state_dict()] if opt is not None else None, **kw)
+
+
+def restamp(step_dir):
+    """Rewrite meta.json's manifest to the files as they are now (a forged or hand-edited step)."""
+    meta = json.loads((step_dir / "meta.json").read_text())
+    meta["files"] = atomic_dir.manifest(step_dir, meta["files"])
+    (step_dir / "meta.json").write_text(json.dumps(meta))
 
 
 def draws():
@@ -234,22 +246,30 @@ def test_load_refuses_pickled_objects(tmp_path, victim):
     path = save(tmp_path, 1, model, opt, rng=True)
     marker = tmp_path / "pwned"
     torch.save({"state": {}, "param_groups": [], "x": Payload(str(marker))}, path / victim)
+    restamp(path)  # as a forger would: sizes and checksums that match the forged file
     with pytest.raises(ValueError, match="refusing to load"):
         ck.load_checkpoint(tmp_path)
     assert not marker.exists()
     assert ck.load_checkpoint(tmp_path, load_optimizer=False).step == 1  # model-only never reads them
 
 
-@pytest.mark.parametrize("exchange", [True, False])
-def test_saving_a_step_again_replaces_it(tmp_path, monkeypatch, exchange):
-    if not exchange:
-        monkeypatch.setattr(ck, "_swap_dirs", lambda a, b: False)
-    save(tmp_path, 2, make(1)[0])
-    second = make(2)[0]
-    save(tmp_path, 2, second)
+def test_a_complete_step_is_never_saved_over(tmp_path):
+    first = make(1)[0]
+    save(tmp_path, 2, first)
+    with pytest.raises(ValueError, match=r"step_000002 already holds a complete checkpoint .*--resume=auto"):
+        save(tmp_path, 2, make(2)[0])
     loaded = ck.load_checkpoint(tmp_path).model_state
-    assert all(torch.equal(loaded[k], v) for k, v in second.state_dict().items())
+    assert all(torch.equal(loaded[k], v) for k, v in first.state_dict().items())
     assert [p.name for p in tmp_path.iterdir()] == ["step_000002"]
+    # an incomplete folder of that step (an interrupted copy) is no checkpoint: a save replaces it
+    elsewhere = save(tmp_path / "pod", 3, first)
+    (tmp_path / "step_000003").mkdir()
+    (tmp_path / "step_000003" / "meta.json").write_bytes((elsewhere / "meta.json").read_bytes())
+    shutil.rmtree(tmp_path / "pod")
+    assert ck.list_checkpoints(tmp_path) == [2]
+    save(tmp_path, 3, first)
+    assert ck.list_checkpoints(tmp_path) == [2, 3] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "step_000002", "step_000003"]
 
 
 def test_barrier_protocol_single_process(tmp_path):
@@ -346,3 +366,273 @@ def test_two_ranks_write_one_complete_step(tmp_path):
         ck.load_checkpoint(ckpt_dir)
     model_only = ck.load_checkpoint(ckpt_dir, load_optimizer=False)
     assert model_only.optimizer_states is None and len(model_only.meta["loader_states"]) == 2
+
+
+# ---- interrupted copies: a step counts only when every file its meta.json lists is there at its size
+
+
+def gpt_steps(d, steps):
+    """A tiny GPT saved (with optimizer, RNG, loader state) as the given steps in d; a byte-level
+    tokenizer in the base dir, so that scripts can chat with it."""
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.tokenizer import SPLIT_PATTERN, Tokenizer
+
+    Tokenizer.from_ranks({bytes([i]): i for i in range(256)}, SPLIT_PATTERN).save(get_base_dir() / "tokenizer")
+    config = GPTConfig(sequence_len=32, vocab_size=265, n_layer=1, n_embd=32, n_head=2, n_kv_head=2)
+    for step in steps:
+        torch.manual_seed(step)
+        model = GPT(config)
+        model.init_weights()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ck.save_checkpoint(d, step, model_state=model.state_dict(), optimizer_states=[opt.state_dict()],
+                           meta={"model_config": dataclasses.asdict(config)}, loader_state={"row": step})
+    return d
+
+
+def interrupted_copy(src, dst, files_done, partial_bytes=0):
+    """What an interrupted `rsync -avP` leaves: files in sorted order (meta.json sorts first), each via a
+    temp name then renamed, and with --partial the one it was cut in kept, truncated, under its name."""
+    dst.mkdir(parents=True)
+    names = sorted(p.name for p in src.iterdir())
+    for name in names[:files_done]:
+        shutil.copy2(src / name, dst / f".{name}.tmp")
+        os.replace(dst / f".{name}.tmp", dst / name)
+    if partial_bytes:
+        (dst / names[files_done]).write_bytes((src / names[files_done]).read_bytes()[:partial_bytes])
+    return names
+
+
+@pytest.mark.parametrize("files_done,partial", [(1, 0), (1, 100), (2, 0), (3, 50)],
+                         ids=["meta-only", "model-cut", "optim-missing", "rng-cut"])
+def test_interrupted_copy_falls_back_to_the_newest_complete_step(base_dir, capsys, files_done, partial):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    # the newer step was saved on another machine, and only part of it was copied here
+    other = gpt_steps(base_dir / "pod" / "d1", [3]) / "step_000003"
+    names = interrupted_copy(other, d / "step_000003", files_done, partial)
+    assert names == ["meta.json", "model.safetensors", "optim_rank0.pt", "rng_rank0.pt"]
+    missing = names[files_done]
+    assert ck.list_checkpoints(d) == [1, 2] and ck.list_checkpoints("sft") == [1, 2]
+    capsys.readouterr()
+    assert ck.find_resume(d, "auto") == 2
+    assert f"warning: skipping {d / 'step_000003'}: {missing}" in capsys.readouterr().out
+    model, meta = ck.load_model("sft")
+    assert meta["step"] == 2
+    assert ck.load_checkpoint("sft").loader_state == {"row": 2}
+    with pytest.raises(FileNotFoundError, match=rf"no complete step 3 in .*\(step_000003: {missing} .*steps: 1, 2$"):
+        ck.load_checkpoint(d, 3)
+    with pytest.raises(FileNotFoundError, match=rf"resume=3: no complete step 3 .*{missing}"):
+        ck.find_resume(d, "3")
+    for name in names[files_done:]:  # rsync run again finishes the copy
+        shutil.copy2(other / name, d / "step_000003" / name)
+    assert ck.list_checkpoints(d) == [1, 2, 3] and ck.load_model("sft")[1]["step"] == 3
+
+
+def test_only_incomplete_steps_says_why(base_dir):
+    d = ck.checkpoint_dir("sft", "d1")
+    other = gpt_steps(base_dir / "pod" / "d1", [3]) / "step_000003"
+    interrupted_copy(other, d / "step_000003", 1)
+    with pytest.raises(FileNotFoundError, match=r"no sft checkpoint in .*d1: train one with python -m scripts.chat_sft "
+                                                r"\(step_000003 is incomplete: model.safetensors is missing\)"):
+        ck.load_model("sft", tag="d1")
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
+def test_real_rsync_that_stopped_after_meta_json(base_dir):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
+    src = gpt_steps(base_dir / "pod" / "d1", [2]) / "step_000002"
+    # --max-size lets through only files no larger than meta.json: the folder an rsync cut short leaves
+    meta_size = (src / "meta.json").stat().st_size
+    subprocess.run(["rsync", "-a", f"--max-size={meta_size}b", f"{src}/", f"{d / 'step_000002'}/"], check=True)
+    assert sorted(p.name for p in (d / "step_000002").iterdir()) == ["meta.json"]
+    assert ck.find_resume(d, "auto") == 1 and ck.load_model("sft")[1]["step"] == 1
+    with pytest.raises(FileNotFoundError, match=r"step_000002: model.safetensors is missing"):
+        ck.load_model(d, 2)
+    subprocess.run(["rsync", "-a", f"{src}/", f"{d / 'step_000002'}/"], check=True)  # the copy completes
+    assert ck.find_resume(d, "auto") == 2 and ck.load_model("sft")[1]["step"] == 2
+
+
+# ---- damaged files: one line naming the file and what to do, never a traceback
+
+
+def rewrite_model(step_dir, change):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(step_dir / "model.safetensors"))
+    change(state)
+    save_file(state, str(step_dir / "model.safetensors"))
+
+
+def edit_meta(change):
+    def apply(step_dir):
+        meta = json.loads((step_dir / "meta.json").read_text())
+        change(meta)
+        (step_dir / "meta.json").write_text(json.dumps(meta))
+    return apply
+
+
+def overwrite(name, data, at=0):
+    def apply(step_dir):
+        with open(step_dir / name, "r+b") as f:
+            f.seek(at if at >= 0 else (step_dir / name).stat().st_size + at)
+            f.write(data)
+    return apply
+
+
+def break_first_tensor(name):
+    """Overwrite the zip signature of the first tensor's member: the archive's index still looks fine."""
+    def apply(step_dir):
+        data = bytearray((step_dir / name).read_bytes())
+        at = data.rfind(b"PK\x03\x04", 0, data.find(b"/data/0"))
+        data[at:at + 4] = b"XXXX"
+        (step_dir / name).write_bytes(bytes(data))
+    return apply
+
+
+def first_weight(state):
+    return next(k for k in sorted(state) if k.endswith("weight"))
+
+
+# (id, how to damage the step folder, restamp the manifest after, file named in the error, message)
+DAMAGE = [
+    ("model-header-size", overwrite("model.safetensors", b"\xff" * 8), False, "model.safetensors",
+     "not a readable safetensors file"),
+    ("model-header-json", overwrite("model.safetensors", b"#garbage", 8), False, "model.safetensors",
+     "not a readable safetensors file"),
+    ("model-truncated", lambda d: os.truncate(d / "model.safetensors", 300), True, "model.safetensors",
+     "not a readable safetensors file"),
+    ("model-int8", lambda d: rewrite_model(d, lambda s: s.update({(k := first_weight(s)): s[k].to(torch.int8)})),
+     True, "model.safetensors", r"as torch.int8, the model needs torch.float32"),
+    ("model-shape", lambda d: rewrite_model(d, lambda s: s.update({(k := first_weight(s)): s[k][:1]})),
+     True, "model.safetensors", "of shape"),
+    ("model-missing-key", lambda d: rewrite_model(d, lambda s: s.pop(first_weight(s))), True,
+     "model.safetensors", "lacks tensors"),
+    ("model-extra-key", lambda d: rewrite_model(d, lambda s: s.update(extra=torch.ones(2))), True,
+     "model.safetensors", r"unexpected tensors \['extra'\]"),
+    ("meta-not-json", lambda d: (d / "meta.json").write_text('{"format": "nanochat-'), False, "meta.json",
+     "is not valid JSON"),
+    ("meta-not-utf8", lambda d: (d / "meta.json").write_bytes(b"\xff\xfe\xfa{"), False, "meta.json",
+     "is not valid JSON"),
+    ("meta-deeply-nested", lambda d: (d / "meta.json").write_text("[" * 100_000 + "]" * 100_000), False,
+     "meta.json", "is not valid JSON .*recursion"),
+    ("meta-a-list", lambda d: (d / "meta.json").write_text("[1, 2]"), False, "meta.json", "holds a list"),
+    ("meta-world-size-str", edit_meta(lambda m: m.update(world_size="two")), False, "meta.json",
+     "has world_size = 'two', which is not an integer"),
+    ("meta-missing-field", edit_meta(lambda m: m.pop("has_rng")), False, "meta.json", "has has_rng = None"),
+    ("meta-format", edit_meta(lambda m: m.update(format="other/2")), False, "meta.json", "has format 'other/2'"),
+    ("meta-step", edit_meta(lambda m: m.update(step=9)), False, "meta.json", "do not fit folder step_000002"),
+    ("meta-loader-states", edit_meta(lambda m: m.update(loader_states=[{}, {}])), False, "meta.json",
+     "loader_states that are not a list of 1"),
+    ("meta-files", edit_meta(lambda m: m.update(files={"../escape": {"size": 1, "sha256": ""}})), False,
+     "meta.json", "'files' manifest"),
+    ("meta-model-config", edit_meta(lambda m: m["model_config"].update(n_head="x")), False, "meta.json",
+     "no usable model_config .*n_head must be a positive integer"),
+    ("meta-no-model-config", edit_meta(lambda m: m.pop("model_config")), False, "meta.json",
+     "no usable model_config"),
+    ("optim-garbage", overwrite("optim_rank0.pt", b"garbage!"), False, "optim_rank0.pt",
+     "is damaged or holds objects other than tensors"),
+    ("optim-truncated", lambda d: os.truncate(d / "optim_rank0.pt", 500), True, "optim_rank0.pt",
+     "not a torch.save archive"),
+    ("optim-member-header", break_first_tensor("optim_rank0.pt"), False, "optim_rank0.pt",
+     "cannot be read .*PytorchStreamReader failed reading file"),
+    ("rng-damaged-member", overwrite("rng_rank0.pt", b"\x00" * 64, 200), False, "rng_rank0.pt",
+     "is damaged or holds objects other than tensors"),
+]
+
+
+def load_for(name, d):
+    """What reads the damaged file: a resume for optimizer and RNG files, chat for the rest."""
+    return (lambda: ck.load_checkpoint(d)) if name.endswith(".pt") else (lambda: ck.load_model("sft"))
+
+
+@pytest.mark.parametrize("damage,restamped,name,message", [c[1:] for c in DAMAGE], ids=[c[0] for c in DAMAGE])
+def test_damaged_step_fails_in_one_line_naming_the_file(base_dir, damage, restamped, name, message):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    damage(d / "step_000002")
+    if restamped:  # damage that changes a size would make the step incomplete: keep the manifest in step
+        restamp(d / "step_000002")
+    with pytest.raises(ValueError) as info:
+        load_for(name, d)()
+    text = str(info.value)
+    assert "\n" not in text and str(d / "step_000002" / name) in text, text
+    assert re.search(message, text), text
+    assert text.endswith(f"copy that step again, or delete {d / 'step_000002'} to use an older step"), text
+    shutil.rmtree(d / "step_000002")  # doing what it says works
+    assert load_for(name, d)() is not None
+
+
+def run_script(script, *args):
+    return subprocess.run([sys.executable, "-m", script, *args, "--device_type=cpu"], cwd=REPO_ROOT,
+                          env=subprocess_env(NANOCHAT_BASE_DIR=str(get_base_dir())), capture_output=True, text=True,
+                          timeout=300)
+
+
+def set_tokenizer_pattern(pattern):
+    path = get_base_dir() / "tokenizer" / "tokenizer.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pattern": pattern}))
+    return path
+
+
+# (id, damage to step 1 of the only checkpoint, scripts to run, file the error names, what it says)
+CLI_DAMAGE = [
+    ("meta-world-size-str", edit_meta(lambda m: m.update(world_size="two")), ("scripts.chat_cli", "scripts.chat_web"),
+     "step_000001/meta.json", "world_size = 'two'"),
+    ("model-int8", {c[0]: c[1] for c in DAMAGE}["model-int8"], ("scripts.chat_cli",),
+     "step_000001/model.safetensors", "torch.int8"),
+    ("tokenizer-backtracking", lambda d: set_tokenizer_pattern(r"(?:a|a)*(?!x)b|[\s\S]"), ("scripts.chat_cli",),
+     "tokenizer/tokenizer.json", "needs unbounded backtracking"),
+]
+
+
+@pytest.mark.parametrize("damage,scripts,name,message", [c[1:] for c in CLI_DAMAGE], ids=[c[0] for c in CLI_DAMAGE])
+def test_damaged_files_fail_in_one_line_through_chat_cli_and_chat_web(base_dir, damage, scripts, name, message):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
+    damage(d / "step_000001")
+    if "model" in name:
+        restamp(d / "step_000001")
+    for script in scripts:
+        proc = run_script(script, *(["-p", "hi"] if script == "scripts.chat_cli" else ["--port=0"]))
+        assert proc.returncode == 1, (script, proc.stdout, proc.stderr)
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stdout, proc.stderr
+        assert name in lines[0] and message in lines[0], lines[0]
+
+
+def test_chat_cli_answers_from_the_newest_complete_step(base_dir):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
+    interrupted_copy(gpt_steps(base_dir / "pod" / "d1", [2]) / "step_000002", d / "step_000002", 1)
+    proc = run_script("scripts.chat_cli", "-p", "hi", "--temperature=0", "--max_tokens=4")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert f"warning: skipping {d / 'step_000002'}: model.safetensors is missing" in proc.stdout
+
+
+def test_resume_reports_a_damaged_meta_json_in_one_line(base_dir):
+    from nanochat.training import resume_training
+
+    d = gpt_steps(ck.checkpoint_dir("base", "d1"), [1, 2])
+    edit_meta(lambda m: m.update(world_size="two"))(d / "step_000002")
+    with pytest.raises(ValueError, match=r"step_000002/meta.json has world_size = 'two', which is not an integer; copy"):
+        resume_training(d, "auto", model=None, optimizers=[], loader=None, scaler=None, model_config={},
+                        world_size=1, num_iterations=None)
+
+
+def test_a_changed_byte_is_caught_when_verifying(base_dir, capsys, monkeypatch):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    overwrite("model.safetensors", b"\x7f", at=-1)(d / "step_000002")  # same size: only a checksum sees it
+    assert ck.load_model("sft")[1]["step"] == 2  # stat-only checks cannot tell
+    capsys.readouterr()
+    assert ck.load_model("sft", verify=True)[1]["step"] == 1
+    assert "model.safetensors does not match its recorded sha256" in capsys.readouterr().out
+    assert ck.list_checkpoints(d, verify=True) == [1] and ck.list_checkpoints(d) == [1, 2]
+    with pytest.raises(FileNotFoundError, match=r"no complete step 2 .*does not match its recorded sha256"):
+        ck.load_checkpoint(d, 2, verify=True)
+    monkeypatch.setenv("NANOCHAT_VERIFY_CHECKPOINTS", "1")
+    assert ck.find_resume(d, "auto") == 1 and ck.load_checkpoint(d).step == 1
+
+
+def test_steps_saved_before_manifests_still_load(base_dir):
+    d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1, 2])
+    for step in (1, 2):
+        edit_meta(lambda m: m.pop("files"))(d / f"step_{step:06d}")
+    assert ck.list_checkpoints(d) == [1, 2] and ck.load_checkpoint(d).optimizer_states is not None
+    (d / "step_000002" / "rng_rank0.pt").unlink()  # without sizes, the files its flags imply must be there
+    assert ck.list_checkpoints(d) == [1] and ck.load_model("sft")[1]["step"] == 1

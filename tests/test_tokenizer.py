@@ -5,11 +5,13 @@ import base64
 import json
 import logging
 import random
+import sys
 
 import numpy as np
 import pytest
 import regex
 
+import nanochat
 from nanochat.tokenizer import FILE_NAME, SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
 from tests.bpe_reference import merge_pair, train_reference
 
@@ -439,7 +441,28 @@ def _corrupt_cases():
          "not contiguous"),
         ("specials type", lambda d: {**d, "special_tokens": {"<|bos|>": "x"}}, "integer ids"),
         ("token bytes", lambda d: {**d, "token_bytes": d["token_bytes"][:-1]}, "token_bytes do not match"),
+        ("deeply nested", lambda d: "[" * 100_000 + "]" * 100_000, "maximum recursion depth exceeded"),
+        ("empty match", edit(pattern=r"\p{L}+|\s*"), "matches empty text"),
+        ("backtracking", edit(pattern=BACKTRACKING), "needs unbounded backtracking"),
+        ("skips text", edit(pattern=r"\p{L}+"), "skips characters"),
     ]
+
+
+# Compiles everywhere and splits short texts fine, but a run of 'a's makes fancy-regex (tiktoken's engine)
+# backtrack exponentially: tiktoken panics at its backtracking limit mid-encode, Python's regex hangs.
+BACKTRACKING = r"(?:a|a)*(?!x)b|[\s\S]"
+
+
+def test_bad_patterns_are_caught_without_rustbpe(monkeypatch):
+    # without the Rust extension the probe goes through tiktoken itself, whose panic becomes the error
+    monkeypatch.setitem(sys.modules, "nanochat.rustbpe", None)  # `import` now raises ImportError
+    monkeypatch.delattr(nanochat, "rustbpe", raising=False)
+    ranks = {bytes([i]): i for i in range(256)}
+    for pattern, message in ((BACKTRACKING, "makes tiktoken fail"), (r"\p{L}+|\s*", "makes tiktoken fail"),
+                             (r"\p{L}+", "skips characters")):
+        with pytest.raises(ValueError, match=message):
+            Tokenizer.from_ranks(ranks, pattern)
+    assert Tokenizer.from_ranks(ranks, SPLIT_PATTERN).encode("ok") == [111, 107]
 
 
 @pytest.mark.parametrize("name,corrupt,message", _corrupt_cases(), ids=[c[0] for c in _corrupt_cases()])
