@@ -51,7 +51,7 @@ def server(tmp_path_factory):
     log = open(base / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.chat_web", f"--port={port}", "--device_type=cpu",
-         f"--num_workers={N_WORKERS}", "--max_tokens=16", "--queue_timeout=20"],
+         f"--num_workers={N_WORKERS}", "--max_new_tokens=16", "--queue_timeout=20"],
         cwd=REPO_ROOT, env=subprocess_env(NANOCHAT_BASE_DIR=str(base)), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
