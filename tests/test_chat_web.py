@@ -10,6 +10,7 @@ import asyncio
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -148,18 +149,64 @@ BAD_BODIES = {
     "max_tokens high": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4097},
     "max_tokens float": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5},
     "body not an object": [1, 2],
+    # below what float32 sampling can represent: accepted, they used to fail in every generation
+    "temperature tiny": {"messages": [{"role": "user", "content": "x"}], "temperature": 1e-39},
+    "temperature NaN": {"messages": [{"role": "user", "content": "x"}], "temperature": float("nan")},
+    "temperature inf": {"messages": [{"role": "user", "content": "x"}], "temperature": float("inf")},
+    "lone surrogate in content": {"messages": [{"role": "user", "content": "a\ud800b"}]},
 }
+OPENAI_BAD_BODIES = {
+    "top_p tiny": {"messages": [{"role": "user", "content": "x"}], "top_p": 1e-300},
+    "top_p zero": {"messages": [{"role": "user", "content": "x"}], "top_p": 0},
+    "stream as a string": {"messages": [{"role": "user", "content": "x"}], "stream": "false"},
+    "lone surrogate in model": {"messages": [{"role": "user", "content": "x"}], "model": "\ud800"},
+    "lone surrogate in model, streaming": {"messages": [{"role": "user", "content": "x"}], "model": "\udfff",
+                                           "stream": True},
+    "model not a string": {"messages": [{"role": "user", "content": "x"}], "model": ["a"]},
+    "n of 2": {"messages": [{"role": "user", "content": "x"}], "n": 2},
+}
+RAW_BAD_BODIES = {  # bodies json.dumps cannot produce
+    "5,000-digit integer": b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": ' + b"7" * 5000 + b"}",
+    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "not UTF-8": b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}',
+    "not JSON": b"{not json",
+}
+
+
+def assert_api_error(r: httpx.Response, name: str = "") -> None:
+    """A refusal in the API's shape: 4xx, JSON {"error": {"message": str, "type": str}}."""
+    assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:200])
+    assert r.headers["content-type"].startswith("application/json"), (name, r.headers)
+    error = r.json()["error"]
+    assert isinstance(error["message"], str) and error["message"] and isinstance(error["type"], str), name
 
 
 @pytest.mark.parametrize("path", ["/chat/completions", "/v1/chat/completions"])
 def test_validation_errors_are_4xx_json(server, path):
-    for name, body in BAD_BODIES.items():
-        r = httpx.post(server + path, json=body, timeout=10)
-        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
-        assert isinstance(r.json()["error"]["message"], str), name
-    r = httpx.post(server + path, content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    served = httpx.get(server + "/stats").json()["requests_served"]
+    bodies = {**BAD_BODIES, **(OPENAI_BAD_BODIES if path.startswith("/v1") else {})}
+    with httpx.Client(timeout=10, headers={"content-type": "application/json"}) as client:
+        for name, body in bodies.items():  # json.dumps writes NaN, Infinity and \ud800 as the clients send them
+            assert_api_error(client.post(server + path, content=json.dumps(body).encode()), name)
+        for name, raw in RAW_BAD_BODIES.items():
+            r = client.post(server + path, content=raw)
+            assert_api_error(r, name)
+            assert r.status_code == 400, name
+        assert "JSON" in client.post(server + path, content=b"{not json").json()["error"]["message"]
     assert httpx.get(server + "/health").status_code == 200
+    assert httpx.get(server + "/stats").json()["requests_served"] == served  # no generation was started
+    for r in (httpx.get(server + "/nope"), httpx.get(server + path), httpx.post(server + "/stats", json={})):
+        assert r.status_code in (404, 405) and isinstance(r.json()["error"]["message"], str)
+
+
+def test_smallest_accepted_sampling_values_generate(server):
+    """The validation limits are values sampling can run: the smallest temperature and top_p accepted work."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key="x", timeout=30)
+    out = client.chat.completions.create(model="nanochat", messages=[{"role": "user", "content": "hi"}],
+                                         max_tokens=3, temperature=1e-6, top_p=1e-6)
+    assert out.choices[0].finish_reason in ("stop", "length") and out.usage.completion_tokens >= 1
 
 
 def test_openai_client(server):
@@ -195,6 +242,138 @@ def test_client_disconnect_frees_worker(server):
     after = wait_all_free(server)
     assert after["busy"] == 0 and after["free"] == N_WORKERS
     assert after["requests_cancelled"] == before["requests_cancelled"] + 1
+
+
+def raw_request(url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> socket.socket:
+    """A socket that has sent one HTTP/1.1 request (Content-Length from the body unless given)."""
+    host, port = url.removeprefix("http://").split(":")
+    headers = {"Host": f"{host}:{port}", "Content-Type": "application/json", "Content-Length": str(len(body)),
+               **(headers or {})}
+    headers = {k: v for k, v in headers.items() if v is not None}  # None drops a default
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of a response that ends with the connection or its Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 1 << 30)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def wait_stats(url: str, what: str, ok, timeout: float = 20.0) -> tuple[dict, float]:
+    """Poll /stats until ok(stats); returns them and the seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        stats = httpx.get(url + "/stats").json()
+        if ok(stats):
+            return stats, time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, f"/stats never showed {what}: {stats}"
+        time.sleep(0.02)
+
+
+LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "temperature": 0.0, "max_tokens": 4096}
+
+
+def test_abandoned_non_streaming_request_frees_its_worker(server):
+    before = wait_all_free(server)
+    sock = raw_request(server, "POST", "/v1/chat/completions", json.dumps(LONG).encode())
+    wait_stats(server, "a busy worker", lambda s: s["busy"] >= 1)
+    sock.close()
+    after, held = wait_stats(server, "every worker free", lambda s: s["busy"] == 0)
+    # a full greedy generation of this model takes seconds (~1,200 tokens); the cancel flag stops it
+    # at the next token. The bound is loose for a loaded machine; the figure is in dev/bench_server.py
+    assert held < 3.0, f"worker held {held:.2f} s after the client left"
+    assert after["requests_cancelled"] == before["requests_cancelled"] + 1
+
+
+def test_streams_abandoned_at_any_point_are_cancelled(server):
+    """Closed before reading anything (the first write may fail), after the headers, or mid-stream."""
+    before = wait_all_free(server)
+    body = json.dumps({**LONG, "stream": True}).encode()
+    for read_until in (b"", b"\r\n\r\n", b'"content": "'):
+        sock = raw_request(server, "POST", "/v1/chat/completions", body)
+        wait_stats(server, "a busy worker", lambda s: s["busy"] >= 1)
+        data = b""
+        while read_until not in data:
+            data += sock.recv(4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, as a crash does
+        sock.close()
+        wait_stats(server, "every worker free", lambda s: s["busy"] == 0, timeout=3.0)
+    after = wait_all_free(server)
+    started = after["requests_served"] - before["requests_served"]
+    assert started == 3 and after["requests_cancelled"] - before["requests_cancelled"] == 3
+
+
+def test_request_abandoned_in_the_queue_leaves_it(server):
+    """Both workers busy, a third request waits; its client leaves; then a 1-token request is answered at once."""
+    before = wait_all_free(server)
+    holders = [raw_request(server, "POST", "/chat/completions", json.dumps(LONG).encode()) for _ in range(N_WORKERS)]
+    wait_stats(server, "all workers busy", lambda s: s["busy"] == N_WORKERS)
+    waiter = raw_request(server, "POST", "/v1/chat/completions", json.dumps(LONG).encode())
+    wait_stats(server, "a queued request", lambda s: s["queue_length"] == 1)
+    waiter.close()
+    stats, _ = wait_stats(server, "an empty queue", lambda s: s["queue_length"] == 0, timeout=3.0)
+    assert stats["busy"] == N_WORKERS  # it left the queue, the holders still generate
+    assert stats["requests_abandoned_in_queue"] == before["requests_abandoned_in_queue"] + 1
+    for sock in holders:
+        sock.close()
+    t0 = time.monotonic()
+    r = httpx.post(server + "/v1/chat/completions", json={**LONG, "max_tokens": 1}, timeout=30)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 1
+    assert time.monotonic() - t0 < 5.0  # not after the abandoned generations ran to their limit
+    after = wait_all_free(server)
+    assert after["requests_cancelled"] == before["requests_cancelled"] + N_WORKERS
+    assert after["requests_served"] == before["requests_served"] + N_WORKERS + 1
+
+
+def test_body_over_the_cap_is_refused_before_it_is_read(server):
+    # a Content-Length past the cap: refused on the headers, without waiting for (or reading) a byte
+    sock = raw_request(server, "POST", "/chat/completions", headers={"Content-Length": str(200_000_000)})
+    status, headers, body = read_response(sock)
+    assert status == 413 and "limit" in json.loads(body)["error"]["message"]
+    assert headers.get("connection") == "close" and sock.recv(1) == b""  # and the connection is closed
+    sock.close()
+    # no Content-Length (chunked): counted as it streams in, refused once past the cap
+    sock = raw_request(server, "POST", "/chat/completions", headers={"Content-Length": None, "Transfer-Encoding": "chunked"})
+    piece = b"x" * 65536
+    for _ in range((1 << 20) // len(piece) + 1):
+        sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+    status, _, body = read_response(sock)
+    assert status == 413 and json.loads(body)["error"]["message"]
+    sock.close()
+
+
+def test_cross_origin_and_non_json_posts_are_refused(server):
+    served = httpx.get(server + "/stats").json()["requests_served"]
+    ok = json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}).encode()
+    # a page on another site can POST text/plain without a CORS preflight: refused
+    r = httpx.post(server + "/chat/completions", content=ok, headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]["message"]
+    r = httpx.post(server + "/chat/completions", content=ok, headers={"content-type": "application/json",
+                                                                       "origin": "https://evil.example"})
+    assert r.status_code == 403 and "cross-origin" in r.json()["error"]["message"]
+    r = httpx.options(server + "/chat/completions", headers={"origin": "https://evil.example",
+                                                             "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+    assert httpx.get(server + "/stats").json()["requests_served"] == served
+    # the page's own requests (its Origin is this server) and clients without an Origin go through
+    r = httpx.post(server + "/chat/completions", content=ok, headers={"content-type": "application/json",
+                                                                       "origin": server})
+    assert r.status_code == 200 and sse_data(r.text)[-1] == '{"done": true}'
 
 
 @pytest.mark.slow
