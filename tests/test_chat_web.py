@@ -415,8 +415,22 @@ def test_browser_chat(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 390, "height": 800})  # phone width
             page.goto(server + "/")
+            page.wait_for_function("document.title === 'nanochat'")  # the name from /config
             page.fill("#input", "Hello, who are you?")
-            page.click("#send")
+            # an IME (Korean, Japanese...) commits a syllable with Enter: while composing it must not send,
+            # whether the browser flags the keydown isComposing or only as keyCode 229 (Safari, after compositionend)
+            page.evaluate("""() => {
+                const input = document.getElementById('input');
+                const key = (init) => input.dispatchEvent(new KeyboardEvent('keydown',
+                    {key: 'Enter', code: 'Enter', bubbles: true, cancelable: true, ...init}));
+                input.dispatchEvent(new CompositionEvent('compositionstart', {data: '', bubbles: true}));
+                key({isComposing: true, keyCode: 13});
+                input.dispatchEvent(new CompositionEvent('compositionend', {data: '요', bubbles: true}));
+                key({keyCode: 229});
+            }""")
+            assert page.evaluate("new KeyboardEvent('keydown', {keyCode: 229}).keyCode") == 229
+            assert page.query_selector(".msg") is None and page.input_value("#input") == "Hello, who are you?"
+            page.press("#input", "Enter")  # a plain Enter after the composition sends
             page.wait_for_selector(".msg.user")
             assert page.inner_text(".msg.user .text") == "Hello, who are you?"
             # the reply has finished streaming when the Regenerate action appears under it
