@@ -146,6 +146,8 @@ def main(opts: Options) -> None:
     host, why = listen_host(opts.host)
     for line in start_lines(host, why, opts.port, devices, api_key):
         print0(line)
+    print0(f"limits: {limits.max_connections} open connections (listen backlog {limits.backlog}), request headers "
+           f"within {limits.header_timeout:g} s, {settings.max_body_bytes} body bytes, {opts.max_queue} queued requests")
     serve(app, host, opts.port, limits)
 
 

@@ -563,3 +563,18 @@ def test_busy_pool_answers_503(tokenizer, serve_app):
     assert third.status_code == 503 and "waiting" in third.json()["error"]["message"]
     assert second.status_code == 503 and "within" in second.json()["error"]["message"]
     assert first.status_code == 200 and sse_data(first.text)[-1] == '{"done": true}'
+
+
+def test_unexpected_failure_is_a_json_500(tokenizer, serve_app):
+    from nanochat.chat_server import create_app
+
+    class Broken:  # a tokenizer bug while rendering the prompt
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def render_for_completion(self, conversation):
+            raise RuntimeError("bug")
+
+    url = serve_app(create_app([ScriptedEngine(tokenizer, [65])], Broken()))
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import resource
+import select
 import shutil
 import socket
 import subprocess
@@ -70,7 +72,7 @@ def exposed(tmp_path_factory):
             assert time.time() < deadline, "server did not start in 60 s"
             time.sleep(0.2)
         text = log_path.read_text()
-        start = text[text.index("serving "):].splitlines()[:3]
+        start = text[text.index("serving "):].splitlines()[:4]
         yield Exposed(url, port, log_path, start)
     finally:
         proc.terminate()
@@ -82,7 +84,8 @@ def exposed(tmp_path_factory):
 
 
 def test_start_line_on_a_pod(exposed):
-    first, proxy, key = exposed.start
+    first, proxy, key, limits = exposed.start
+    assert limits.startswith("limits: ")
     assert f"at http://0.0.0.0:{exposed.port}/" in first and "RUNPOD_POD_ID" in first
     assert f"https://testpod-{exposed.port}.proxy.runpod.net/" in proxy
     assert "API key required" in key
@@ -146,6 +149,11 @@ def test_idle_connections_are_capped_and_closed(exposed):
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # a header that never ends (slowloris)
         conns.append(sock)
     assert len(conns) > 100
+    # past the cap (below the 128 descriptors) a new connection evicts the longest-idle one at once
+    cap = int(re.search(r"limits: (\d+) open connections", "\n".join(exposed.start)).group(1))
+    assert cap < FD_LIMIT - 20
+    readable, _, _ = select.select(conns, [], [], 1.0)
+    assert len(readable) >= len(conns) - cap - 5
     t0 = time.monotonic()
     for _ in range(5):
         r = httpx.get(exposed.url + "/health", timeout=5)
