@@ -451,7 +451,12 @@ def create_app(engines: list, tokenizer, settings: ServerSettings | None = None)
         except BaseException:  # ClientGone: nobody to answer; or the task was cancelled
             watch.stop()
             raise
-        gen = Generation(pool(), worker, tokenizer, prompt, req)
+        try:
+            gen = Generation(pool(), worker, tokenizer, prompt, req)
+        except BaseException:  # the worker thread never started: nothing else would release the worker
+            pool().release(worker)
+            watch.stop()
+            raise
         watch.on_gone(gen.cancel.set)
         return gen, watch
 

@@ -27,7 +27,7 @@ class Options:
     temperature: float = 0.6  # 0 = greedy
     top_k: int | None = 50  # sample among the k most likely tokens (None = all)
     max_new_tokens: int = 512  # longest answer in tokens
-    device_type: Literal["cuda", "mps", "cpu"] | None = None  # None = autodetect
+    device_type: Literal["cuda", "mps", "cpu"] | None = None  # where the model runs (None = autodetect)
     seed: int = 42  # sampling seed
 
     def __post_init__(self):

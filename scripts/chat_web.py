@@ -32,7 +32,7 @@ class Options:
     source: str = "sft"  # checkpoint phase: base | mid | sft | rl (or a checkpoint directory)
     model_tag: str | None = None  # checkpoint folder (None = the most recently saved tag)
     step: int | None = None  # checkpoint step (None = latest)
-    device_type: Literal["cuda", "mps", "cpu"] | None = None  # None = autodetect
+    device_type: Literal["cuda", "mps", "cpu"] | None = None  # where the model runs (None = autodetect)
     num_gpus: int | None = None  # CUDA: replicas, one per GPU (None = every visible GPU)
     num_workers: int = 1  # CPU / MPS: model replicas (requests served at once)
     temperature: float = 0.8  # default sampling temperature (a request may set its own, 0-2)
