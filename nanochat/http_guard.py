@@ -11,7 +11,7 @@
   running out of descriptors makes asyncio's accept loop log one traceback per pending connection
   per loop tick (its `_accept_connection` keeps looping after EMFILE, CPython 3.11).
 - RequestGuard (pure ASGI, outermost): refuses, before any body byte is read, what the app never
-  serves: cross-origin writes (a page on another site POSTing to this port), non-JSON POSTs (the
+  serves: a Host name it does not answer to (loopback only), cross-origin writes (a page on another site POSTing to this port), non-JSON POSTs (the
   only kind a page can send cross-origin without a CORS preflight), a missing or wrong API key, and
   bodies past the cap (by Content-Length, or counted as they stream in). Errors are the API's JSON.
 - RepeatFilter: a logging filter that lets a few copies of the same message through per interval
@@ -215,6 +215,10 @@ class RequestPolicy:
     allowed_origins: set[str] = field(default_factory=set)  # besides the server's own (Host header)
     max_body_bytes: int = 1 << 20
     body_timeout: float = 30.0  # seconds to receive the whole body once the headers are in
+    # host names the Host header may carry (None = any). A server bound to loopback takes only its
+    # loopback names: a page whose own name an attacker re-points at 127.0.0.1 (DNS rebinding) is
+    # same-origin to the browser, so only the Host header tells it apart
+    allowed_hosts: set[str] | None = None
 
 
 class Refused(Exception):
@@ -278,6 +282,11 @@ class RequestGuard:
 
     def _check_head(self, scope) -> None:
         policy, method = self.policy, scope["method"]
+        if policy.allowed_hosts is not None:
+            host = urlsplit("//" + (_header(scope, b"host") or "")).hostname or ""
+            if host not in policy.allowed_hosts:
+                raise Refused(403, f"unexpected Host {host[:100]!r}: this server answers to "
+                                   f"{', '.join(sorted(policy.allowed_hosts))} only (it listens on loopback)")
         origin = _header(scope, b"origin")
         if method not in ("GET", "HEAD") and origin is not None and not same_origin(origin, scope,
                                                                                     policy.allowed_origins):
@@ -332,3 +341,6 @@ def _replay(body: bytes, receive):
         return await receive()
 
     return replayed
+
+
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}

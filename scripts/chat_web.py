@@ -120,7 +120,7 @@ def load_engines(opts: Options, devices: list[str]) -> tuple[list, dict]:
 def main(opts: Options) -> None:
     from nanochat.chat_server import RequestError, ServerSettings, create_app, parse_chat_request
     from nanochat.common import resolve_device_type
-    from nanochat.http_guard import ConnectionLimits, raise_fd_limit, serve
+    from nanochat.http_guard import LOOPBACK_HOSTS, ConnectionLimits, raise_fd_limit, serve
 
     api_key = opts.api_key if opts.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     print0(format_config(dataclasses.replace(opts, api_key=None if api_key is None else "(set)")))
@@ -139,11 +139,13 @@ def main(opts: Options) -> None:
     # load every replica before listening: a missing checkpoint fails here, in one line
     engines, meta = load_engines(opts, devices)
     settings.name = opts.name or (meta.get("options") or {}).get("identity_name") or "nanochat"
+    host, why = listen_host(opts.host)
+    if not is_exposed(host):
+        settings.allowed_hosts = LOOPBACK_HOSTS | {host}
     app = create_app(engines, engines[0].tokenizer, settings)
     raise_fd_limit()
     # the cap is taken after the model load, so the descriptors the load keeps open are counted
     limits = ConnectionLimits.within_fd_limit(opts.max_connections, header_timeout=opts.header_timeout)
-    host, why = listen_host(opts.host)
     for line in start_lines(host, why, opts.port, devices, api_key):
         print0(line)
     print0(f"limits: {limits.max_connections} open connections (listen backlog {limits.backlog}), request headers "

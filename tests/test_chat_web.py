@@ -370,6 +370,10 @@ def test_cross_origin_and_non_json_posts_are_refused(server):
                                                              "access-control-request-method": "POST"})
     assert "access-control-allow-origin" not in r.headers
     assert httpx.get(server + "/stats").json()["requests_served"] == served
+    # served on loopback, it answers to loopback names only: a rebound DNS name is same-origin to a browser
+    r = httpx.get(server + "/stats", headers={"host": "rebound.example:80"})
+    assert r.status_code == 403 and "Host" in r.json()["error"]["message"]
+    assert httpx.get(server.replace("127.0.0.1", "localhost") + "/health").status_code == 200
     # the page's own requests (its Origin is this server) and clients without an Origin go through
     r = httpx.post(server + "/chat/completions", content=ok, headers={"content-type": "application/json",
                                                                        "origin": server})
