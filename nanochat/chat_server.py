@@ -68,6 +68,7 @@ class ServerSettings:
     api_key: str | None = None  # when set, required as `Authorization: Bearer KEY` (see http_guard)
     allowed_origins: tuple[str, ...] = ()  # pages on other origins that may call the API (e.g. a proxy URL)
     max_body_bytes: int = MAX_BODY_BYTES
+    send_timeout: float = 30.0  # seconds a response write may wait for a client that stopped reading
     allowed_hosts: set[str] | None = None  # Host header names answered (None = any; see http_guard.RequestPolicy)
 
 
@@ -552,5 +553,6 @@ def create_app(engines: list, tokenizer, settings: ServerSettings | None = None)
                 "usage": usage}
 
     policy = RequestPolicy(api_key=settings.api_key, allowed_origins=set(settings.allowed_origins),
-                           max_body_bytes=settings.max_body_bytes, allowed_hosts=settings.allowed_hosts)
+                           max_body_bytes=settings.max_body_bytes, allowed_hosts=settings.allowed_hosts,
+                           send_timeout=settings.send_timeout)
     return RequestGuard(app, policy)

@@ -14,6 +14,7 @@
   serves: a Host name it does not answer to (loopback only), cross-origin writes (a page on another site POSTing to this port), non-JSON POSTs (the
   only kind a page can send cross-origin without a CORS preflight), a missing or wrong API key, and
   bodies past the cap (by Content-Length, or counted as they stream in). Errors are the API's JSON.
+  It also closes a response whose client has stopped reading (a write blocked for send_timeout).
 - RepeatFilter: a logging filter that lets a few copies of the same message through per interval
   and counts the rest, so no failure mode can write megabytes of identical tracebacks.
 """
@@ -26,6 +27,8 @@ import json
 import logging
 import os
 import resource
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -46,6 +49,7 @@ class ConnectionLimits:
     header_timeout: float = 10.0  # seconds to deliver a complete request head
     keep_alive: int = 5  # seconds an idle keep-alive connection is kept (uvicorn's timeout_keep_alive)
     max_header_bytes: int = 16 * 1024  # request line + headers (uvicorn's h11_max_incomplete_event_size)
+    close_grace: float = 5.0  # seconds a closed connection may take to flush its output before it is reset
 
     @classmethod
     def within_fd_limit(cls, max_connections: int, **kw) -> ConnectionLimits:
@@ -87,7 +91,7 @@ class GuardedH11Protocol(H11Protocol):
     limits = ConnectionLimits()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_ResettingTransport(transport, self.limits.close_grace))
         self._deadline: asyncio.TimerHandle | None = None
         self.idle_since = time.monotonic()
         self._sync_deadline()
@@ -140,6 +144,32 @@ class GuardedH11Protocol(H11Protocol):
             self._deadline.cancel()
             self._deadline = None
         super().connection_lost(exc)
+
+
+class _ResettingTransport:
+    """A transport whose close() resets the connection if its output is still unsent after `grace` seconds.
+
+    asyncio's close() waits for the write buffer to drain before it lets go of the socket, so a client
+    that stops reading would keep the descriptor (and its buffered reply) forever.
+    """
+
+    def __init__(self, transport: asyncio.Transport, grace: float):
+        self._transport, self._grace = transport, grace
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(self._grace, self._abort_if_unsent)
+
+    def _abort_if_unsent(self) -> None:
+        if self._transport.get_write_buffer_size():
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:  # linger 0: a reset, so the kernel drops the unread reply too
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._transport.abort()
 
 
 def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
@@ -215,6 +245,7 @@ class RequestPolicy:
     allowed_origins: set[str] = field(default_factory=set)  # besides the server's own (Host header)
     max_body_bytes: int = 1 << 20
     body_timeout: float = 30.0  # seconds to receive the whole body once the headers are in
+    send_timeout: float = 30.0  # seconds one write of the response may wait for the client to read
     # host names the Host header may carry (None = any). A server bound to loopback takes only its
     # loopback names: a page whose own name an attacker re-points at 127.0.0.1 (DNS rebinding) is
     # same-origin to the browser, so only the Host header tells it apart
@@ -258,6 +289,9 @@ class RequestGuard:
 
     def __init__(self, app, policy: RequestPolicy):
         self.app, self.policy = app, policy
+        self._sending: dict[asyncio.Task, list] = {}  # request task -> [loop time its pending send began]
+        self._stalled: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -278,7 +312,46 @@ class RequestGuard:
                                     (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload})
             return
-        await self.app(scope, receive, send)
+        await self._run_watched(scope, receive, send)
+
+    async def _run_watched(self, scope, receive, send) -> None:
+        """Run the app; a send blocked longer than send_timeout (a client that stopped reading, or whose
+        network vanished without a FIN) cancels the request, which closes the connection."""
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        pending: list = [None]
+
+        async def timed_send(message) -> None:
+            pending[0] = loop.time()
+            try:
+                await send(message)
+            finally:
+                pending[0] = None
+
+        self._sending[task] = pending
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+        try:
+            await self.app(scope, receive, timed_send)
+        except asyncio.CancelledError:
+            if task not in self._stalled:
+                raise
+            # returning with the response unfinished makes uvicorn close the connection
+            log.warning("closed a connection whose client read nothing for %g s", self.policy.send_timeout)
+        finally:
+            del self._sending[task]
+            self._stalled.discard(task)
+
+    async def _sweep(self) -> None:
+        try:
+            while self._sending:
+                await asyncio.sleep(min(1.0, self.policy.send_timeout / 4))
+                now = asyncio.get_running_loop().time()
+                for task, pending in list(self._sending.items()):
+                    if pending[0] is not None and now - pending[0] > self.policy.send_timeout:
+                        self._stalled.add(task)
+                        task.cancel()
+        finally:
+            self._sweeper = None
 
     def _check_head(self, scope) -> None:
         policy, method = self.policy, scope["method"]

@@ -495,14 +495,18 @@ def tokenizer():
 
 @pytest.fixture
 def serve_app():
-    """serve_app(app) -> base URL of that app on uvicorn in a thread; stopped after the test."""
+    """serve_app(app, limits=None) -> base URL of that app on uvicorn (the guarded protocol) in a thread."""
     import uvicorn
+
+    from nanochat.http_guard import ConnectionLimits, protocol_class
 
     servers = []
 
-    def start(app) -> str:
+    def start(app, limits: ConnectionLimits | None = None) -> str:
         port = free_port()
-        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                http=protocol_class(limits or ConnectionLimits()))
+        srv = uvicorn.Server(config)
         thread = threading.Thread(target=srv.run, daemon=True)
         thread.start()
         servers.append((srv, thread))
@@ -582,3 +586,43 @@ def test_unexpected_failure_is_a_json_500(tokenizer, serve_app):
     url = serve_app(create_app([ScriptedEngine(tokenizer, [65])], Broken()))
     r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """Linux's tcpi_state for a socket: 1 = established, 7 = closed (reset), 8 = close-wait (FIN received)."""
+    return struct.unpack("B", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the TCP state with TCP_INFO")
+def test_client_that_stops_reading_is_disconnected(tokenizer, serve_app):
+    """A stream whose client reads nothing (a vanished network looks the same): once a write has waited
+    send_timeout, the request ends and its connection is reset after close_grace, instead of a write
+    blocked forever on a descriptor that is never freed."""
+    from nanochat.chat_server import ServerSettings, create_app
+    from nanochat.http_guard import ConnectionLimits
+
+    class Wordy:  # 4 KB of text per token: 6 MB in all, more than the socket buffers hold (4 MB tcp_wmem max)
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def id_to_token_bytes(self, token):
+            return b"x" * 4096
+
+    settings = ServerSettings(send_timeout=1.0)
+    url = serve_app(create_app([ScriptedEngine(tokenizer, [65] * 1536)], Wordy(), settings),
+                    ConnectionLimits(close_grace=0.5))
+    body = json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4096, "stream": True}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    stats, _ = wait_stats(url, "the generation done", lambda s: s["requests_served"] == 1)
+    assert stats["busy"] == 0  # the worker is free while the reply is stuck in the socket
+    t0 = time.monotonic()
+    while tcp_state(sock) == 1:
+        assert time.monotonic() - t0 < 15, "the server kept the connection of a client that reads nothing"
+        time.sleep(0.05)
+    assert tcp_state(sock) == 7  # reset: the reply was dropped, not delivered
+    sock.close()
