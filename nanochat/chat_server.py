@@ -157,9 +157,12 @@ def parse_chat_request(body: object, settings: ServerSettings, openai: bool = Fa
         raise RequestError(400, "the last message must be from the user")
     model, stream = MODEL_NAME, False
     if openai:
-        if _number(body, "n", 1, 1, 1, integer=True) != 1:
-            raise RequestError(400, "only n=1 is supported")
-        stream = body.get("stream", False)
+        n = body.get("n")
+        if n is not None and (type(n) is not int or n != 1):  # type(): `true` is an int too
+            raise RequestError(400, f"only n=1 is supported, got {n!r:.20}")
+        stream = body.get("stream")
+        if stream is None:  # absent or null: not streamed
+            stream = False
         if not isinstance(stream, bool):  # "false" is truthy: a string would silently stream
             raise RequestError(400, f"stream must be true or false, got {stream!r:.40}")
         model = body.get("model", MODEL_NAME)
