@@ -11,10 +11,11 @@
   running out of descriptors makes asyncio's accept loop log one traceback per pending connection
   per loop tick (its `_accept_connection` keeps looping after EMFILE, CPython 3.11).
 - RequestGuard (pure ASGI, outermost): refuses, before any body byte is read, what the app never
-  serves: a Host name it does not answer to (loopback only), cross-origin writes (a page on another site POSTing to this port), non-JSON POSTs (the
-  only kind a page can send cross-origin without a CORS preflight), a missing or wrong API key, and
-  bodies past the cap (by Content-Length, or counted as they stream in). Errors are the API's JSON.
-  It also closes a response whose client has stopped reading (a write blocked for send_timeout).
+  serves: a Host name it does not answer to (loopback only), cross-origin writes (a page on another
+  site POSTing to this port), non-JSON POSTs (the only kind a page can send cross-origin without a
+  CORS preflight), a missing or wrong API key, and bodies past the cap (by Content-Length, or
+  counted as they stream in). Errors are the API's JSON. It also ends a response whose client has
+  stopped reading (a write blocked for send_timeout); the protocol then resets that connection.
 - RepeatFilter: a logging filter that lets a few copies of the same message through per interval
   and counts the rest, so no failure mode can write megabytes of identical tracebacks.
 """
