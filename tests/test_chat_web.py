@@ -631,3 +631,55 @@ def test_client_that_stops_reading_is_disconnected(tokenizer, serve_app):
         time.sleep(0.05)
     assert tcp_state(sock) == 7  # reset: the reply was dropped, not delivered
     sock.close()
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes this silent connection (EOF or reset) within `timeout` seconds."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_connection_cap_evicts_the_longest_idle(tokenizer, serve_app):
+    from nanochat.chat_server import create_app
+    from nanochat.http_guard import ConnectionLimits
+
+    url = serve_app(create_app([ScriptedEngine(tokenizer, [65])], tokenizer), ConnectionLimits(max_connections=8))
+    port = int(url.rsplit(":", 1)[1])
+    conns = []
+    for i in range(20):
+        conns.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        if i % 2:  # half of them have started a request head they never finish
+            conns[-1].sendall(b"GET /health HTTP/1.1\r\n")
+    # each connection past 8 evicted the oldest idle one: the first 12 are closed, the last 8 kept
+    assert all(closed_by_server(c, 5.0) for c in conns[:12])
+    assert not any(closed_by_server(c, 0.1) for c in conns[12:])
+    assert httpx.get(url + "/health").status_code == 200  # gets in, by evicting one more
+    assert closed_by_server(conns[12], 5.0) and not closed_by_server(conns[13], 0.1)
+    for c in conns:
+        c.close()
+
+
+def test_request_head_deadline_closes_silent_and_slow_connections(tokenizer, serve_app):
+    from nanochat.chat_server import create_app
+    from nanochat.http_guard import ConnectionLimits
+
+    url = serve_app(create_app([ScriptedEngine(tokenizer, [65])], tokenizer), ConnectionLimits(header_timeout=0.5))
+    port = int(url.rsplit(":", 1)[1])
+    silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+    slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+    slow.sendall(b"GET /health HTTP/1.1\r\n")
+    t0 = time.monotonic()
+    for _ in range(3):  # bytes keep coming, the head never completes (slowloris)
+        slow.sendall(b"X-Pad: 1\r\n")
+        time.sleep(0.1)
+    assert closed_by_server(silent, 10.0) and closed_by_server(slow, 10.0)
+    assert time.monotonic() - t0 < 5.0
+    # a client that completes its request in time is served, and kept alive between requests
+    with httpx.Client() as client:
+        assert client.get(url + "/health").status_code == 200
+        assert client.get(url + "/health").status_code == 200

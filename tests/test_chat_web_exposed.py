@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import resource
-import select
 import shutil
 import socket
 import subprocess
@@ -30,8 +30,8 @@ HEADER_TIMEOUT = 2.0
 
 
 class Exposed:
-    def __init__(self, url: str, port: int, log_path, start: list[str]):
-        self.url, self.port, self.log_path, self.start = url, port, log_path, start
+    def __init__(self, url: str, port: int, pid: int, log_path, start: list[str]):
+        self.url, self.port, self.pid, self.log_path, self.start = url, port, pid, log_path, start
 
     @property
     def auth(self) -> dict:
@@ -73,7 +73,7 @@ def exposed(tmp_path_factory):
             time.sleep(0.2)
         text = log_path.read_text()
         start = text[text.index("serving "):].splitlines()[:4]
-        yield Exposed(url, port, log_path, start)
+        yield Exposed(url, port, proc.pid, log_path, start)
     finally:
         proc.terminate()
         try:
@@ -149,16 +149,13 @@ def test_idle_connections_are_capped_and_closed(exposed):
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # a header that never ends (slowloris)
         conns.append(sock)
     assert len(conns) > 100
-    # past the cap (below the 128 descriptors) a new connection evicts the longest-idle one at once
     cap = int(re.search(r"limits: (\d+) open connections", "\n".join(exposed.start)).group(1))
     assert cap < FD_LIMIT - 20
-    readable, _, _ = select.select(conns, [], [], 1.0)
-    assert len(readable) >= len(conns) - cap - 5
     t0 = time.monotonic()
-    for _ in range(5):
-        r = httpx.get(exposed.url + "/health", timeout=5)
-        assert r.status_code == 200
-    health_s = time.monotonic() - t0
+    for _ in range(5):  # past the cap a new connection evicts the longest-idle one (see test_chat_web)
+        assert httpx.get(exposed.url + "/health", timeout=5).status_code == 200
+    # and the server's descriptors stay under the limit with room to spare
+    assert len(os.listdir(f"/proc/{exposed.pid}/fd")) <= cap + 40
     for sock in conns:  # every one is closed by the server: EOF (or a reset) within the deadline + slack
         sock.settimeout(HEADER_TIMEOUT + 15)
         try:
@@ -167,7 +164,6 @@ def test_idle_connections_are_capped_and_closed(exposed):
             pass
         sock.close()
     assert time.monotonic() - t0 < HEADER_TIMEOUT + 15
-    assert health_s < 10
     log = exposed.log_path.read_text()
     assert len(log) < 20_000, log[-2000:]
     assert "out of system resource" not in log and "Traceback" not in log, log[-2000:]
