@@ -2,7 +2,7 @@
 
     python -m scripts.chat_cli -p "Why is the sky blue?"     # answer once and exit
     python -m scripts.chat_cli                               # interactive; 'clear' starts over, 'quit' exits
-    python -m scripts.chat_cli --source=base --temperature=0 --max_tokens=64
+    python -m scripts.chat_cli --source=base --temperature=0 --max_new_tokens=64
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
 from nanochat.common import print0, run_main, setup_logging
 from nanochat.config import parse_args
@@ -21,12 +22,12 @@ SOURCES = ("base", "mid", "sft", "rl")
 class Options:
     prompt: str = ""  # answer this once and exit (alias -p); empty = interactive chat
     source: str = "sft"  # which phase's checkpoint: base | mid | sft | rl
-    model_tag: str = ""  # checkpoint folder ('' = the most recently saved)
-    step: int = -1  # checkpoint step (-1 = latest)
+    model_tag: str | None = None  # checkpoint folder (None = the most recently saved)
+    step: int | None = None  # checkpoint step (None = latest)
     temperature: float = 0.6  # 0 = greedy
-    top_k: int = 50  # sample among the k most likely tokens (0 = all)
-    max_tokens: int = 512  # longest answer in tokens
-    device_type: str = ""  # cuda | mps | cpu ('' = autodetect)
+    top_k: int | None = 50  # sample among the k most likely tokens (None = all)
+    max_new_tokens: int = 512  # longest answer in tokens
+    device_type: Literal["cuda", "mps", "cpu"] | None = None  # where the model runs (None = autodetect)
     seed: int = 42  # sampling seed
 
     def __post_init__(self):
@@ -34,8 +35,9 @@ class Options:
             raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if not 0.0 <= self.temperature <= 2.0:
             raise ValueError(f"--temperature must be within [0, 2], got {self.temperature}")
-        if self.top_k < 0 or self.max_tokens < 1:
-            raise ValueError(f"--top_k must be >= 0 and --max_tokens >= 1, got {self.top_k}, {self.max_tokens}")
+        if (self.top_k is not None and self.top_k < 1) or self.max_new_tokens < 1:
+            raise ValueError(f"--top_k must be >= 1 (or none for all) and --max_new_tokens >= 1, "
+                             f"got {self.top_k}, {self.max_new_tokens}")
 
 
 def answer(engine, conversation: dict, opts: Options, out=sys.stdout) -> str:
@@ -46,8 +48,8 @@ def answer(engine, conversation: dict, opts: Options, out=sys.stdout) -> str:
     # a character split across tokens is held back until its last byte arrives
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     generated = []
-    for column, _masks in engine.generate(ids, num_samples=1, max_tokens=opts.max_tokens, temperature=opts.temperature,
-                                          top_k=opts.top_k or None, seed=opts.seed):
+    for column, _masks in engine.generate(ids, num_samples=1, max_tokens=opts.max_new_tokens,
+                                          temperature=opts.temperature, top_k=opts.top_k, seed=opts.seed):
         token = column[0]
         if token in stops:
             break
@@ -70,8 +72,8 @@ def main(opts: Options) -> None:
     from nanochat.common import resolve_device_type
     from nanochat.engine import load_engine
 
-    engine = load_engine(opts.source, model_tag=opts.model_tag or None, step=None if opts.step < 0 else opts.step,
-                         device=resolve_device_type(opts.device_type))
+    engine = load_engine(opts.source, model_tag=opts.model_tag, step=opts.step,
+                         device=resolve_device_type(opts.device_type or ""))
     conversation: dict = {"messages": []}
     if opts.prompt:
         conversation["messages"].append({"role": "user", "content": opts.prompt})

@@ -24,7 +24,7 @@ def base(tmp_path_factory):
 
 
 def test_one_shot_prompt_answers_and_exits(base):
-    args = ["-p", "Why is the sky blue?", "--temperature=0", "--max_tokens=12", "--device_type=cpu"]
+    args = ["-p", "Why is the sky blue?", "--temperature=0", "--max_new_tokens=12", "--device_type=cpu"]
     first, second = run(args, base), run(args, base)
     assert first.returncode == 0, first.stderr
     answer = first.stdout.rstrip("\n")
@@ -34,12 +34,12 @@ def test_one_shot_prompt_answers_and_exits(base):
 
 def test_interactive_keeps_conversation_and_understands_clear_and_quit(base):
     stdin = "hello\nhow are you\nclear\nagain\nquit\n"
-    proc = run(["--temperature=0", "--max_tokens=6", "--device_type=cpu"], base, stdin=stdin)
+    proc = run(["--temperature=0", "--max_new_tokens=6", "--device_type=cpu"], base, stdin=stdin)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Assistant: ") == 3
     assert "(conversation cleared)" in proc.stdout
     # after 'clear' the same greedy model sees a fresh one-message conversation: same as a one-shot run
-    one_shot = run(["-p", "again", "--temperature=0", "--max_tokens=6", "--device_type=cpu"], base)
+    one_shot = run(["-p", "again", "--temperature=0", "--max_new_tokens=6", "--device_type=cpu"], base)
     after_clear = proc.stdout.split("(conversation cleared)")[1].split("Assistant: ")[1].split("\nYou:")[0]
     assert after_clear.strip("\n") == one_shot.stdout.strip("\n")
 
