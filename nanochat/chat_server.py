@@ -39,7 +39,7 @@ from nanochat.http_guard import RequestGuard, RequestPolicy, error_body
 UI_PATH = Path(__file__).with_name("ui.html")
 MODEL_NAME = "nanochat"
 
-# The reference server's limits (see ANCHORS): they bound the work one request can ask for.
+# karpathy/nanochat's chat_web limits: they bound the work one request can ask for.
 MAX_MESSAGES = 500
 MAX_MESSAGE_CHARS = 8000
 MAX_TOTAL_CHARS = 32000

@@ -129,7 +129,7 @@ def _embedded_texts(source: str) -> Iterator[str]:
     yield from docs
 
 
-def iter_texts(source: str, *, max_chars: int | None = None, doc_cap: int = 0,
+def iter_texts(source: str, *, max_chars: int | None = None, doc_cap: int | None = None,
                text_field: str | None = None) -> Iterator[str]:
     """Yield documents from `source` until max_chars characters (counted after doc_cap) are reached.
 
@@ -162,7 +162,7 @@ def iter_texts(source: str, *, max_chars: int | None = None, doc_cap: int = 0,
     for text in stream:
         if text is None or not text.strip():
             continue
-        if doc_cap > 0:
+        if doc_cap:
             text = text[:doc_cap]
         if max_chars is not None and total + len(text) > max_chars:
             remaining = max_chars - total

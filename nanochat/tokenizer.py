@@ -104,10 +104,12 @@ class Tokenizer:
 
     @classmethod
     def train_from_iterator(cls, texts: Iterable[str], vocab_size: int, *, pattern: str = SPLIT_PATTERN,
-                            doc_cap: int = 0, num_threads: int = 0, buffer_size: int = 8192) -> "Tokenizer":
+                            doc_cap: int | None = None, num_threads: int | None = None,
+                            buffer_size: int = 8192) -> "Tokenizer":
         """Train BPE on `texts` so that the vocabulary, special tokens included, has `vocab_size` ids.
 
-        doc_cap > 0 keeps only the first doc_cap characters of each text; num_threads 0 = all cores.
+        doc_cap keeps only the first doc_cap characters of each text (None = whole texts);
+        num_threads None = all cores.
         """
         n_special = len(SPECIAL_TOKENS)
         if not isinstance(vocab_size, int) or vocab_size < 256 + n_special:
@@ -119,7 +121,7 @@ class Tokenizer:
             raise ImportError("the Rust BPE trainer nanochat.rustbpe is not built; install the package with "
                               "`uv pip install -e .` (or `pip install -e .`), which compiles it") from e
         trained = rustbpe.train(texts, vocab_size - n_special, pattern, buffer_size=buffer_size,
-                                doc_cap=doc_cap, num_threads=num_threads)
+                                doc_cap=doc_cap or 0, num_threads=num_threads or 0)  # the Rust API's 0 = off
         ranks: dict[bytes, int] = {}
         for token, rank in trained.mergeable_ranks():
             # two merges yielding the same bytes would make rank-based encoding (tiktoken) ambiguous

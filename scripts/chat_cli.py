@@ -14,14 +14,13 @@ from typing import Literal
 
 from nanochat.common import print0, run_main, setup_logging
 from nanochat.config import parse_args
-
-SOURCES = ("base", "mid", "sft", "rl")
+from nanochat.phases import Phase
 
 
 @dataclass
 class Options:
-    prompt: str = ""  # answer this once and exit (alias -p); empty = interactive chat
-    source: str = "sft"  # which phase's checkpoint: base | mid | sft | rl
+    prompt: str | None = None  # answer this once and exit (alias -p); None = interactive chat
+    source: Phase = "sft"  # which phase's checkpoint
     model_tag: str | None = None  # checkpoint folder (None = the most recently saved)
     step: int | None = None  # checkpoint step (None = latest)
     temperature: float = 0.6  # 0 = greedy
@@ -31,8 +30,6 @@ class Options:
     seed: int = 42  # sampling seed
 
     def __post_init__(self):
-        if self.source not in SOURCES:
-            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if not 0.0 <= self.temperature <= 2.0:
             raise ValueError(f"--temperature must be within [0, 2], got {self.temperature}")
         if (self.top_k is not None and self.top_k < 1) or self.max_new_tokens < 1:

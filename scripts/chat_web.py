@@ -21,6 +21,7 @@ from typing import Literal
 
 from nanochat.common import print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args
+from nanochat.phases import Phase
 
 API_KEY_ENV = "NANOCHAT_API_KEY"
 
@@ -29,7 +30,7 @@ API_KEY_ENV = "NANOCHAT_API_KEY"
 class Options:
     port: int = 8000  # TCP port
     host: str | None = None  # interface to listen on (None = 127.0.0.1, or 0.0.0.0 on a RunPod pod)
-    source: str = "sft"  # checkpoint phase: base | mid | sft | rl (or a checkpoint directory)
+    source: Phase = "sft"  # which phase's checkpoint
     model_tag: str | None = None  # checkpoint folder (None = the most recently saved tag)
     step: int | None = None  # checkpoint step (None = latest)
     device_type: Literal["cuda", "mps", "cpu"] | None = None  # where the model runs (None = autodetect)
@@ -105,15 +106,13 @@ def runpod_origins(port: int) -> tuple[str, ...]:
 
 def load_engines(opts: Options, devices: list[str]) -> tuple[list, dict]:
     """One Engine per device from the same checkpoint, and that checkpoint's meta."""
-    from nanochat.checkpoint import load_model
-    from nanochat.common import get_base_dir
+    from nanochat.checkpoint import load_model_and_tokenizer
     from nanochat.engine import Engine
-    from nanochat.tokenizer import Tokenizer
 
     engines, meta = [], {}
     for device in devices:
-        model, meta = load_model(opts.source, opts.step, tag=opts.model_tag, device=device)
-        engines.append(Engine(model, Tokenizer.load(get_base_dir() / "tokenizer")))
+        model, tokenizer, meta = load_model_and_tokenizer(opts.source, opts.step, tag=opts.model_tag, device=device)
+        engines.append(Engine(model, tokenizer))
     return engines, meta
 
 

@@ -46,14 +46,14 @@ def main(opts: Options) -> Path:
     counter = {"docs": 0, "chars": 0}
 
     def texts():
-        for text in iter_texts(opts.corpus, max_chars=opts.max_chars, doc_cap=opts.doc_cap or 0):
+        for text in iter_texts(opts.corpus, max_chars=opts.max_chars, doc_cap=opts.doc_cap):
             counter["docs"] += 1
             counter["chars"] += len(text)
             yield text
 
     t0 = time.perf_counter()
     tokenizer = Tokenizer.train_from_iterator(
-        texts(), opts.vocab_size, doc_cap=opts.doc_cap or 0, num_threads=opts.num_threads or 0
+        texts(), opts.vocab_size, doc_cap=opts.doc_cap, num_threads=opts.num_threads
     )
     seconds = time.perf_counter() - t0
     if counter["docs"] == 0:
