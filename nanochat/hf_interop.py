@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from nanochat import atomic_dir
 from nanochat.gpt import GPTConfig
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -378,22 +379,17 @@ def write_hf_dir(out_dir: str | os.PathLike, model_state: dict[str, torch.Tensor
                                     "pad_token": "<|assistant_end|>"},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp")
+    temp = atomic_dir.temp_path(out)
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     try:
         save_file(to_hf_state(dict(model_state), config), str(temp / "model.safetensors"), metadata={"format": "pt"})
         for name, data in files.items():
-            (temp / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        (temp / "README.md").write_text(card, encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out, old)
-            os.rename(temp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(temp, out)
+            atomic_dir.write_bytes(temp / name, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
+        atomic_dir.write_bytes(temp / "README.md", card.encode())
+        if out.exists():  # an earlier export (checked above): it goes only once the new one is whole
+            atomic_dir.remove(out)
+        atomic_dir.install(temp, out)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return out

@@ -26,7 +26,6 @@ from nanochat.common import print0
 from nanochat.training import TrainOptions, due
 
 SAMPLE_QUESTIONS = ("Hello! Who are you?", "What is 123 times 45?")
-PREVIOUS = {"base": "base model", "mid": "midtrained model", "sft": "SFT model"}
 
 
 @dataclass
@@ -101,7 +100,7 @@ def load_previous(opts: FinetuneOptions, device):
     from nanochat import checkpoint as ckpt
     from nanochat.common import get_base_dir
 
-    label = PREVIOUS[opts.source]
+    label = ckpt.PHASES[opts.source].label
     try:
         src_dir = ckpt.checkpoint_dir(opts.source, opts.model_tag)
         steps = ckpt.list_checkpoints(src_dir)
