@@ -40,7 +40,7 @@ STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")  # where a reply ends (engine, ch
 
 # Parameter names: ours (per layer {i}) -> NanoChatForCausalLM's.
 _TOP = {"wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
-_LAYER = {
+LAYER_NAMES = {  # the same inside upstream's blocks (upstream_import.py)
     "attn.c_q.weight": "self_attn.q_proj.weight",
     "attn.c_k.weight": "self_attn.k_proj.weight",
     "attn.c_v.weight": "self_attn.v_proj.weight",
@@ -108,7 +108,7 @@ def from_hf_state(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str
 def _key_map(config: GPTConfig) -> dict[str, str]:
     names = dict(_TOP)
     for i in range(config.n_layer):
-        names.update({f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in _LAYER.items()})
+        names.update({f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in LAYER_NAMES.items()})
     return names
 
 
