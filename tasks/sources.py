@@ -85,8 +85,11 @@ _ENTRIES = [
     *[_hf("gsm8k", "openai/gsm8k", s, _one(f"main/{s}-00000-of-00001.parquet"), _GSM8K) for s in ("train", "test")],
     _hf("humaneval", "openai/openai_humaneval", "test", _one("openai_humaneval/test-00000-of-00001.parquet"),
         _HUMANEVAL),
+    # KoAlpaca v1.1 (JSON lines: instruction, output, url) and v1.0 (one JSON array: instruction, input, output)
     ChatSource("koalpaca", "train", ("https://raw.githubusercontent.com/Beomi/KoAlpaca/main/KoAlpaca_v1.1.jsonl",),
                (("instruction", "output"),), fmt="jsonl"),
+    ChatSource("koalpaca", "v1.0", ("https://raw.githubusercontent.com/Beomi/KoAlpaca/main/ko_alpaca_data.json",),
+               (("instruction", "input", "output"),), fmt="jsonl"),
     # the word list of SpellingBee / SimpleSpelling (tasks/spelling.py), ~370k lowercase words (Unlicense)
     ChatSource("words", "alpha", ("https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt",),
                (("word",),), fmt="words"),
