@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from nanochat.common import print0
 from tasks.common import Task, TaskMixture
@@ -54,67 +55,75 @@ class Persona:
     creator: str = "its users"
 
 
+# train: what training reads; val: its held-out side (validation losses); test: what evaluation
+# scores (chat_eval, RL), which for some tasks is the same held-out data and for others a split of its own
+Split = Literal["train", "val", "test"]
+
+
 def _every_other(task: Task, held_out: bool) -> Task:
     return task[1::2] if held_out else task[0::2]
 
 
-def _builders(persona: Persona) -> dict[str, Callable[[bool], Task]]:
-    """name -> function(held_out) building the task; imports are local so a name costs nothing until used."""
+def _builders(persona: Persona) -> dict[str, Callable[[Split], Task]]:
+    """name -> function(split) building the task; imports are local so a name costs nothing until used."""
 
-    def smoltalk(held_out):
+    def smoltalk(split):
         from tasks.smoltalk import SmolTalk
-        return SmolTalk("test" if held_out else "train")
+        return SmolTalk("train" if split == "train" else "test")
 
-    def mmlu(held_out):
+    def mmlu(split):
         from tasks.mmlu import MMLU
-        return MMLU("all", "validation") if held_out else MMLU("auxiliary_train")
+        return {"train": lambda: MMLU("auxiliary_train"), "val": lambda: MMLU("all", "validation"),
+                "test": lambda: MMLU("all", "test")}[split]()
 
-    def gsm8k(held_out):
+    def gsm8k(split):
         from tasks.gsm8k import load_gsm8k
-        return load_gsm8k("test" if held_out else "train")
+        return load_gsm8k("train" if split == "train" else "test")
 
     def arc(subset):
-        def build(held_out):
+        def build(split):
             from tasks.arc import ARC
-            return ARC(subset, "validation" if held_out else "train")
+            return ARC(subset, {"train": "train", "val": "validation", "test": "test"}[split])
         return build
 
-    def identity(held_out):
+    def identity(split):
         from tasks.identity import Identity
-        return Identity(300, persona.name, persona.creator, seed=1 if held_out else 0)
+        return Identity(300, persona.name, persona.creator, seed=0 if split == "train" else 1)
 
-    def identity_ko(held_out):  # Korean by default: nine in ten conversations
+    def identity_ko(split):  # Korean by default: nine in ten conversations
         from tasks.identity import Identity
-        return Identity(300, persona.name, persona.creator, seed=1 if held_out else 0, korean_share=0.9)
+        return Identity(300, persona.name, persona.creator, seed=0 if split == "train" else 1, korean_share=0.9)
 
     # training spells and counts only training words; the held-out side (and chat_eval) only the
     # evaluation words of the same list, so no score is on a word the model was trained on
-    def simplespelling(held_out):
+    def simplespelling(split):
         from tasks.spelling import SimpleSpelling
-        return SimpleSpelling(20000, seed=1 if held_out else 0, split="eval" if held_out else "train")
+        return SimpleSpelling(20000, seed=0 if split == "train" else 1, split="train" if split == "train" else "eval")
 
-    def spellingbee(held_out):
+    def spellingbee(split):
         from tasks.spelling import SpellingBee
-        return SpellingBee(8000, seed=1 if held_out else 0, split="eval" if held_out else "train")
+        if split == "test":  # a size and a seed of its own: every chat_eval run scores the same problems
+            return SpellingBee(size=256, seed=1000, split="eval")
+        return SpellingBee(8000, seed=0 if split == "train" else 1, split="train" if split == "train" else "eval")
 
-    def arithmetic(held_out):
+    def arithmetic(split):
         from tasks.arithmetic import Arithmetic
-        return Arithmetic(5000, seed=1 if held_out else 0)
+        return Arithmetic(1000 if split == "test" else 5000, seed=0 if split == "train" else 1)
 
-    def arithmetic_ko(held_out):
+    def arithmetic_ko(split):
         from tasks.arithmetic_ko import ArithmeticKo
-        return ArithmeticKo(5000, seed=1 if held_out else 0)
+        return ArithmeticKo(5000, seed=0 if split == "train" else 1)
 
-    def humaneval(held_out):
+    def humaneval(split):
         from tasks.humaneval import HumanEval
-        return _every_other(HumanEval(), held_out)
+        return HumanEval() if split == "test" else _every_other(HumanEval(), split == "val")
 
     def koalpaca(version):
-        def build(held_out):
+        def build(split):
             from tasks.koalpaca import KoAlpaca
             task = KoAlpaca(version)
-            split = max(1, len(task) // 50)  # the last 2% are held out: KoAlpaca ships one file
-            return task[-split:] if held_out else task[:-split]
+            n = max(1, len(task) // 50)  # the last 2% are held out: KoAlpaca ships one file
+            return task[:-n] if split == "train" else task[-n:]
         return build
 
     return {"smoltalk": smoltalk, "mmlu": mmlu, "gsm8k": gsm8k, "arc-easy": arc("ARC-Easy"),
@@ -122,6 +131,15 @@ def _builders(persona: Persona) -> dict[str, Callable[[bool], Task]]:
             "spellingbee": spellingbee, "arithmetic": arithmetic, "humaneval": humaneval,
             "koalpaca": koalpaca("v1.1"), "koalpaca-v1.0": koalpaca("v1.0"), "identity-ko": identity_ko,
             "arithmetic-ko": arithmetic_ko}
+
+
+def build_task(name: str, split: Split, *, persona: Persona = Persona()) -> Task:
+    """The one way to build a task by name (mixtures, chat_eval, RL); a missing dataset raises
+    FileNotFoundError naming the command that fetches it."""
+    builders = _builders(persona)
+    if name not in builders:
+        raise ValueError(f"unknown task {name!r}: choose from {', '.join(builders)} or a .jsonl path")
+    return builders[name](split)
 
 
 TASKS = tuple(_builders(Persona()))
@@ -159,7 +177,7 @@ def _build(name: str, held_out: bool, persona: Persona) -> Task:
         # a user's file has no held-out split: its last 5% (at least one) validates
         split = max(1, len(task) // 20)
         return task[-split:] if held_out else task[:-split] if len(task) > 1 else task
-    return _builders(persona)[name](held_out)
+    return build_task(name, "val" if held_out else "train", persona=persona)
 
 
 def build_mixture(spec: str, *, persona: Persona = Persona(), seed: int = 0) -> tuple[TaskMixture, TaskMixture]:
