@@ -39,6 +39,7 @@ class Options:
     mix_share: float = 0.2  # share of all characters read that come from --mix_corpus (when one is given)
     num_threads: int | None = None  # trainer threads (None = all cores)
     out_dir: str | None = None  # where to write the tokenizer (None = $NANOCHAT_BASE_DIR/tokenizer)
+    text_field: str | None = None  # .jsonl corpora: the field holding each document (None = $NANOCHAT_TEXT_FIELD or text)
 
     def __post_init__(self):
         if self.vocab_size < 256 + 9 + 1:
@@ -72,17 +73,22 @@ class Counts:
 
 def training_texts(opts: Options, counts: Counts) -> Iterator[str]:
     """The documents to train on: --corpus alone, or --corpus then --mix_corpus at --mix_share of the characters."""
+
+    def read(corpus: str, budget: int) -> Iterator[str]:
+        texts = iter_texts(corpus, max_chars=budget, doc_cap=opts.doc_cap, text_field=opts.text_field)
+        return counts.count(texts, corpus)
+
     if opts.mix_corpus is None:
-        yield from counts.count(iter_texts(opts.corpus, max_chars=opts.max_chars, doc_cap=opts.doc_cap), opts.corpus)
+        yield from read(opts.corpus, opts.max_chars)
         return
     main_budget = round(opts.max_chars * (1 - opts.mix_share))
-    yield from counts.count(iter_texts(opts.corpus, max_chars=main_budget, doc_cap=opts.doc_cap), opts.corpus)
+    yield from read(opts.corpus, main_budget)
     main = counts.by_corpus[opts.corpus]
     if main == 0:
         return  # main() reports the empty corpus
     # --corpus ran out before its budget: scale the mix down so that it stays mix_share of the whole
     mix_budget = opts.max_chars - main_budget if main == main_budget else round(main * opts.mix_share / (1 - opts.mix_share))
-    yield from counts.count(iter_texts(opts.mix_corpus, max_chars=mix_budget, doc_cap=opts.doc_cap), opts.mix_corpus)
+    yield from read(opts.mix_corpus, mix_budget)
     if counts.by_corpus[opts.mix_corpus] < mix_budget:
         print0(f"warning: --mix_corpus {opts.mix_corpus} gave {counts.by_corpus[opts.mix_corpus]:,} characters of the "
                f"{mix_budget:,} wanted; its share is {counts.by_corpus[opts.mix_corpus] / counts.chars:.3f}, "
