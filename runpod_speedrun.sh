@@ -79,13 +79,15 @@ else
   eval "$PLAN"
   NUM_SHARDS="${NUM_SHARDS:-$PLAN_NUM_SHARDS}"
   export DEVICE_BATCH_SIZE NUM_SHARDS NPROC_PER_NODE="$NGPU"
-  # ~100 MB per FineWeb-Edu shard, and d20 checkpoints with optimizer state (~7 GB each, two kept per phase)
-  NEED_GB=$((NUM_SHARDS / 10 + 30))
-  [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"
   HOURS="$PLAN_HOURS"
   COST="$PLAN_COST"
   [ "$COST" = unknown ] && COST="unknown for $GPU_NAME"
-  echo "plan:    d$DEPTH on $NGPU GPU(s), $NUM_SHARDS shards, device_batch_size $DEVICE_BATCH_SIZE, ~$HOURS h for d20, ~$COST at on-demand prices" | tee -a "$LOG"
+  ESTIMATE="~$HOURS h, ~$COST at on-demand prices"
+  [ "$DEPTH" = 20 ] || ESTIMATE="time and cost as estimated for d20 (~$HOURS h, ~$COST): d$DEPTH differs"
+  echo "plan:    d$DEPTH on $NGPU GPU(s), $NUM_SHARDS shards, device_batch_size $DEVICE_BATCH_SIZE, $ESTIMATE" | tee -a "$LOG"
+  # ~100 MB per FineWeb-Edu shard, and d20 checkpoints with optimizer state (~7 GB each, two kept per phase)
+  NEED_GB=$((NUM_SHARDS / 10 + 30))
+  [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"
 fi
 echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   pod at the end: ${POD_ACTION:-left running}   time limit: ${MAX_HOURS:+$MAX_HOURS h}${MAX_HOURS:-none}   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"
 
