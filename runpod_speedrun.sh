@@ -89,7 +89,7 @@ else
   NEED_GB=$((NUM_SHARDS / 10 + 30))
   [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"
 fi
-echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   pod at the end: ${POD_ACTION:-left running}   time limit: ${MAX_HOURS:+$MAX_HOURS h}${MAX_HOURS:-none}   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"
+echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   pod at the end: ${POD_ACTION:-left running}   time limit: ${MAX_HOURS:-none}${MAX_HOURS:+ h}   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"
 
 # stop_pod: AUTO_STOP's action (stop | remove) with runpodctl, or the line saying why it cannot
 stop_pod() {

@@ -102,7 +102,7 @@ run_stage() {
   done
   STAGE_PID=""
   if [ "$STOPPED" = 1 ]; then
-    echo "error: stage '$name' stopped by SIGTERM (exit $rc); a training phase saved a checkpoint: run again to resume" >&2
+    echo "error: stage '$name' stopped by SIGTERM (exit $rc): run again to resume it (a training phase saves a checkpoint first)" >&2
     exit 143
   fi
   if [ "$rc" != 0 ]; then

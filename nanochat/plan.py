@@ -45,10 +45,10 @@ def device_batch_for_memory(mem_mb: int) -> int:
     return 4
 
 
-def model_params(depth: int, vocab_size: int = 65536, aspect_ratio: int = 64) -> int:
+def model_params(depth: int, vocab_size: int = 65536, aspect_ratio: int = 64, head_dim: int = 128) -> int:
     """Parameters of nanochat/gpt.py's model: 12 x width^2 per layer (attention 4, MLP 8) plus the
-    untied embedding and head (d20: 560,988,160)."""
-    width = depth * aspect_ratio
+    untied embedding and head; width = depth x aspect_ratio rounded up to whole heads (d20: 560,988,160)."""
+    width = -(-depth * aspect_ratio // head_dim) * head_dim
     return 12 * depth * width * width + 2 * vocab_size * width
 
 

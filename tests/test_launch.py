@@ -159,7 +159,7 @@ def test_options_alone_start_a_background_test_and_show_its_first_seconds(setup)
     """Seed-style: no script name, no mode: base_train --test in the background, its log shown for a few seconds."""
     base, data = setup
     t0 = time.time()
-    proc = launch(base, "--gpus", "0", "--name=bg", *TINY, f"--corpus={data}", "--eval_tokens", "128",
+    proc = launch(base, "--gpus", "0", "--name=bg", *TINY, f"--corpus={data}", "--eval_tokens", "none",
                   "--max-steps", "3", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.time() - t0 >= 3  # it stayed to show the log (at most 5 s of it, less if the run ended)
@@ -172,7 +172,10 @@ def test_options_alone_start_a_background_test_and_show_its_first_seconds(setup)
         assert time.time() < deadline, (run_dir / "console.log").read_text()
         time.sleep(0.2)
     assert (run_dir / "exit_code").read_text().strip() == "0", (run_dir / "console.log").read_text()
-    assert "step 00003/00003" in (run_dir / "console.log").read_text()
+    log = (run_dir / "console.log").read_text()
+    assert "step 00003/00003" in log
+    # 3 steps of 64 tokens: validation is sized to the run (the floor), not 10 x 524,288 tokens
+    assert "validation: 32,768 tokens per evaluation (--eval_tokens=none: sized to the run)" in log
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ real .venv's torch and the real dev/gpus.sh run.
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,31 @@ def test_pyproject_offers_the_gpu_and_cpu_extras_that_setup_guides_use():
     assert extras["wandb"] == ["wandb>=0.17"]
     readme = (REPO_ROOT / "README.md").read_text()
     assert "uv sync --extra gpu" in readme and "uv sync --extra cpu" in readme
+
+
+def test_a_wandb_run_name_without_wandb_is_one_line(monkeypatch, tmp_path):
+    """Scripts given --run=NAME directly (torchrun ... --run=h100_speedrun_01) say what to install."""
+    from nanochat.run_log import RunLog
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed: import raises ImportError
+    with pytest.raises(ValueError, match=r"^--run=h100_speedrun_01 logs to wandb, which is not installed: "
+                                         r"uv pip install -e '\.\[wandb\]' \(or --run=dummy\)$"):
+        RunLog(tmp_path / "metrics.jsonl", enabled=True, wandb_run="h100_speedrun_01")
+    RunLog(tmp_path / "metrics.jsonl", enabled=True, wandb_run="dummy")  # no wandb wanted: fine
+
+
+def test_max_hours_stops_the_pod_by_default(stubs, tmp_path):
+    """A time limit is a budget: without AUTO_STOP the pod is stopped (not removed) when it is reached,
+    whatever stage is running (here one of the first, 1.8 s in); the backup comes first."""
+    bin_dir, calls = stubs
+    (bin_dir / "nvidia-smi").unlink()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = run("runpod_speedrun.sh", bin_dir, WORKSPACE=str(ws), ALLOW_CPU="1", NANOCHAT_OFFLINE="1",
+               MAX_HOURS="0.0005", RUNPOD_POD_ID="pod9", timeout=300)
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert "== MAX_HOURS=0.0005 reached: stopping the running stage" in proc.stdout
+    assert "stopped by SIGTERM" in proc.stdout
+    assert list((ws / "backups").glob("*.tar.gz"))
+    assert calls.read_text().splitlines()[-1].endswith("runpodctl stop pod pod9")
+    assert not (ws / "nanochat_final_report.md").exists()
