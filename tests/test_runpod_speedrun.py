@@ -60,13 +60,15 @@ def test_killed_run_resumes_then_a_rerun_skips_everything(tmp_path):
     assert "not available offline" in report
     assert "Midtraining" in report and "Chat SFT" in report
     assert "stage durations" in out
+    assert "in a browser: .venv/bin/python -m scripts.chat_web, then open http://127.0.0.1:8000/" in out
     links = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert links and all((ws / link).is_file() for link in links)  # the plots resolve from the volume's copy
 
-    again = start(ws, AUTO_BACKUP="1", AUTO_STOP="1")
+    again = start(ws, AUTO_BACKUP="1", AUTO_STOP="1", RUNPOD_POD_ID="abc123")
     out2, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out2[-3000:]
     assert "runpodctl is not installed" in out2
+    assert "then open https://abc123-8000.proxy.runpod.net/ (the pod must expose HTTP port 8000" in out2
     assert list((ws / "backups").glob("*.tar.gz")) and list((ws / "backups").glob("*.tar.gz.sha256"))
     assert "== base-train (" not in out2 and "base-train: complete in an earlier run, skipped" in out2
     assert "sft-eval: complete in an earlier run, skipped" in out2
