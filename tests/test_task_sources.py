@@ -129,7 +129,7 @@ def rendered_assistant(tok, conversation) -> str:
 
 
 def test_registry_names_every_dataset_with_columns():
-    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "koalpaca", "mmlu", "smoltalk", "words"]
+    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "kmmlu", "koalpaca", "kobest", "mmlu", "smoltalk", "words"]
     for (name, split), src in sources.REGISTRY.items():
         assert src.files and src.columns and all(src.columns), (name, split)
     assert "auxiliary_train" in sources.splits("mmlu") and "ARC-Challenge/test" in sources.splits("arc")
