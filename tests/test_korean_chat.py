@@ -4,7 +4,6 @@ Korean mixtures with their held-out sides."""
 
 import json
 import re
-from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -17,7 +16,7 @@ from tasks.arithmetic_ko import ArithmeticKo
 from tasks.identity import Identity, fill, particle
 from tasks.koalpaca import KoAlpaca
 from tasks.mixtures import PRESETS, build_mixture, chat_mixture, describe, parse_spec
-from tests.http_server import start_server, stop_server
+from tests.http_server import file_handler, start_server, stop_server
 
 FAST = dict(retries=0, backoff=0.01, timeout=5)
 HANGUL = re.compile(r"[가-힣]")
@@ -50,23 +49,7 @@ FILES = {
 @pytest.fixture(scope="module")
 def server():
     requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            data = FILES.get(self.path)
-            if data is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd, base = start_server(Handler)
+    httpd, base = start_server(file_handler(FILES, requests))
     yield base, requests
     stop_server(httpd)
 

@@ -5,7 +5,6 @@ CSV per subject and split), KoBEST scored like CORE, KMMLU as a categorical chat
 import csv
 import io
 import json
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from nanochat.tokenizer import SPLIT_PATTERN, Tokenizer
 from tasks import sources
 from tasks.kmmlu import KMMLU
 from tasks.kobest import RANDOM_BASELINE, TASKS, evaluate_kobest, load_kobest, task_spec, to_mc
-from tests.http_server import start_server, stop_server
+from tests.http_server import file_handler, start_server, stop_server
 
 FAST = dict(retries=0, backoff=0.01, timeout=5)
 
@@ -78,23 +77,7 @@ FILES.update({f"/datasets/HAERAE-HUB/KMMLU/resolve/main/data/{subject}-{split}.c
 @pytest.fixture(scope="module")
 def server():
     requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            data = FILES.get(self.path)
-            if data is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd, base = start_server(Handler)
+    httpd, base = start_server(file_handler(FILES, requests))
     yield base, requests
     stop_server(httpd)
 
