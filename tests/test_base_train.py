@@ -124,7 +124,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(workspa
     [
         (["--device_batch_size=3", "--total_batch_size=100"], "--total_batch_size=100 is not a multiple of"),
         (["--model_dim=512"], "width follows --depth"),
-        (["--dtype=bf16"], "needs a CUDA GPU"),
+        (["--dtype=fp16"], "needs a CUDA GPU"),
         (["--device_type=cuda"], "no CUDA GPU is visible"),
         (["--corpus=/nonexistent/shards"], "no training shards"),
     ],
