@@ -24,10 +24,10 @@ from nanochat.optim import build_optimizers, zeropower_via_newtonschulz
 SEQ, VOCAB = 64, 256
 
 
-def tiny_model(seed: int = 0) -> GPT:
-    """2 layers, 4 query heads over 2 key/value heads (the GQA path), 256 tokens."""
+def tiny_model(seed: int = 0, n_layer: int = 2) -> GPT:
+    """4 query heads over 2 key/value heads (the GQA path), 256 tokens."""
     torch.manual_seed(seed)
-    return GPT(GPTConfig(sequence_len=SEQ, vocab_size=VOCAB, n_layer=2, n_embd=64, n_head=4, n_kv_head=2))
+    return GPT(GPTConfig(sequence_len=SEQ, vocab_size=VOCAB, n_layer=n_layer, n_embd=64, n_head=4, n_kv_head=2))
 
 
 def batch(B: int, T: int, seed: int = 0, ignore: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +74,9 @@ def test_gpt_forward_compiles_to_one_graph(case):
 
 def compiled_steps(shapes, *, dynamic: bool, reduction: str = "mean", ignore: bool = False):
     """Run forward + backward + optimizer step of the compiled model on batches of these (B, T)
-    shapes; returns (compilations, losses)."""
-    model = tiny_model()
+    shapes; returns (graphs compiled, losses). One layer: compilation time grows with depth, the
+    guards do not."""
+    model = tiny_model(n_layer=1)
     counter = CompileCounterWithBackend("aot_eager")
     fwd = torch.compile(model, backend=counter, dynamic=dynamic)
     optimizers = build_optimizers(model.parameter_groups(), model_dim=model.config.n_embd)
@@ -90,7 +91,8 @@ def compiled_steps(shapes, *, dynamic: bool, reduction: str = "mean", ignore: bo
             opt.step()
         model.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    return counter.frame_count, losses
+    # dynamo also hands the backend an empty graph for the module's call wrapper: count real ones
+    return sum(1 for gm in counter.graphs if len(gm.graph.nodes)), losses
 
 
 def varied_shapes(n: int, batch_sizes: tuple[int, ...], seed: int = 0) -> list[tuple[int, int]]:
@@ -105,21 +107,22 @@ def test_base_and_mid_compile_once_for_their_fixed_shape():
     assert all(math.isfinite(v) for v in losses)
 
 
-def test_sft_varied_lengths_recompile_a_bounded_number_of_times():
+def test_sft_varied_lengths_compile_once():
     """SFT pads each batch to its own longest conversation: 50 steps see ~40 distinct lengths and,
-    at the end of an epoch, a smaller batch. Dynamic shapes keep that to a few compilations."""
+    at the end of an epoch, a smaller batch. With dynamic shapes one graph serves them all (before the
+    fix in GPT._fused_loss_ok the CPU loss recompiled for every length and hit dynamo's limit of 8)."""
     shapes = varied_shapes(50, (4, 4, 4, 2))
     assert len({t for _, t in shapes}) > 20
     frames, losses = compiled_steps(shapes, dynamic=True, reduction="sum", ignore=True)
-    assert frames <= 3, f"{frames} compilations for 50 SFT batches"
+    assert frames == 1, f"{frames} compilations for 50 SFT batches"
     assert all(math.isfinite(v) for v in losses)
 
 
-def test_rl_varied_lengths_recompile_a_bounded_number_of_times():
+def test_rl_varied_lengths_compile_once():
     """RL forwards chunks of sampled sequences of varying length for per-token losses."""
     shapes = varied_shapes(50, (8, 8, 3))
     frames, losses = compiled_steps(shapes, dynamic=True, reduction="none", ignore=True)
-    assert frames <= 3, f"{frames} compilations for 50 RL chunks"
+    assert frames == 1, f"{frames} compilations for 50 RL chunks"
     assert all(math.isfinite(v) for v in losses)
 
 
