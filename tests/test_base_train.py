@@ -119,6 +119,35 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(workspa
     assert one[-1] < one[0]
 
 
+def test_out_of_memory_halves_the_batch_and_redoes_the_step(workspace):
+    """An out-of-memory at step 3 (injected: CI has no GPU) halves the device batch and redoes the
+    step on the same rows: the loss curve is a straight run's at the smaller batch, no step lost."""
+    base, data = workspace
+    common = [*TINY, f"--corpus={data}", f"--total_batch_size={4 * SEQ}", "--num_iterations=6"]
+    straight = run([*common, "--device_batch_size=2", "--model_tag=oom_straight"], base)
+    assert straight.returncode == 0, straight.stderr
+    env_run = subprocess.run([sys.executable, "-m", "scripts.base_train", *common, "--device_batch_size=4",
+                              "--model_tag=oom_backoff"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                             env=subprocess_env(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1",
+                                                NANOCHAT_TEST_OOM_AT_STEP="3"))
+    assert env_run.returncode == 0, env_run.stderr
+    assert "out of memory at step 3: device batch 4 -> 2, accumulation 1 -> 2" in env_run.stdout
+    a, b = losses(base, "oom_straight"), losses(base, "oom_backoff")
+    assert len(a) == len(b) == 6
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    records = [json.loads(line) for line in (base / "base_checkpoints" / "oom_backoff" / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert [(r["step"], r["device_batch_size"]) for r in records if "device_batch_size" in r] == [(3, 2)]
+
+
+def test_auto_device_batch_on_cpu_takes_the_rows_of_a_step(workspace):
+    base, data = workspace
+    proc = run([*TINY, f"--corpus={data}", f"--total_batch_size={4 * SEQ}", "--num_iterations=1",
+                "--device_batch_size=auto", "--model_tag=auto"], base)
+    assert proc.returncode == 0, proc.stderr
+    assert f"= 4 x {SEQ} x 1 processes x 1 accumulation" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
