@@ -187,16 +187,19 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
 
     train_tasks / val_tasks: sliceable sequences of conversations (tasks.common.Task and mixtures).
     """
+    import functools
+
     import torch
     import torch.distributed as dist
 
+    from nanochat.batch_fit import OOMInjector, step_with_backoff
     from nanochat.common import dist_initialized
     from nanochat.hardware import mfu, peak_flops
     from nanochat.loss_eval import evaluate_loss
     from nanochat.report import SECTION_CHAT_SFT, SECTION_MID_TRAIN
     from nanochat.run_log import train_line
     from nanochat.schedule import hold_then_decay, lr_multiplier, muon_momentum
-    from nanochat.training import begin, global_sum, oom_error, start_run
+    from nanochat.training import begin, global_sum, start_run
 
     compute = begin(opts)
     device, ws = compute.device, compute.dist.world_size
@@ -223,6 +226,38 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
             dist.all_reduce(p, op=dist.ReduceOp.MAX)
         return p.item()
 
+    # the loaders always yield device_batch_size rows; after an out-of-memory they run in smaller micro-batches
+    B, micro, backoffs, inject = opts.device_batch_size, opts.device_batch_size, [], OOMInjector()
+
+    def on_backoff(step: int, new_micro: int) -> None:
+        chunks = B // new_micro
+        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}, accumulation "
+               f"{batching.grad_accum * chunks // 2} -> {batching.grad_accum * chunks}; redoing the step on the same rows")
+        backoffs.append({"step": step, "device_batch_size": new_micro})
+        run.log.record(step, device_batch_size=new_micro)
+
+    def run_step(batches, n_targets, step: int, micro: int):
+        """Forward and backward of the step's rows in micro-batches: (this rank's loss share, positions)."""
+        n = batching.grad_accum * (B // micro)
+        loss_sum = torch.zeros((), device=device)
+        positions = torch.zeros((), device=device)  # input positions computed (padding included)
+        for x, y in batches:
+            for xs, ys in zip(x.split(micro), y.split(micro)):
+                with run.amp():
+                    if batching.token_mean:
+                        loss = run.fwd(xs, ys, loss_reduction="sum")
+                        share, scaled = loss.detach() / n_targets, loss * ws / n_targets
+                    else:
+                        # the mean over this micro-batch's assistant tokens; a straight run at this
+                        # micro-batch size (packed rows are one stream whatever the batch) computes the same
+                        loss = run.fwd(xs, ys)
+                        share = scaled = loss / n
+                loss_sum += share.detach()
+                run.backward(scaled)
+                positions += xs.numel()
+                inject.check(step)
+        return loss_sum, positions
+
     val_loss = None
     while True:
         step = run.loop.step
@@ -238,27 +273,20 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
             break
 
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        positions = torch.zeros((), device=device)  # input positions computed (padding included)
+        batches = [next(loader) for _ in range(batching.grad_accum)]  # fetched once: a redone step reads the same rows
+        if batching.token_mean:
+            # the mean over all the step's assistant tokens on all ranks; the distributed optimizers
+            # average gradients over ranks, so each rank scales its sum by world_size
+            n_targets = global_sum(sum((y >= 0).sum() for _, y in batches).float()).clamp_(min=1)
+        else:
+            n_targets = None
         try:
-            batches = [next(loader) for _ in range(batching.grad_accum)]
-            if batching.token_mean:
-                # the mean over all the step's assistant tokens on all ranks; the distributed optimizers
-                # average gradients over ranks, so each rank scales its sum by world_size
-                n_targets = global_sum(sum((y >= 0).sum() for _, y in batches).float()).clamp_(min=1)
-            for x, y in batches:
-                with run.amp():
-                    if batching.token_mean:
-                        loss = run.fwd(x, y, loss_reduction="sum")
-                        share, scaled = loss.detach() / n_targets, loss * ws / n_targets
-                    else:
-                        loss = run.fwd(x, y)  # the mean over this batch's assistant tokens
-                        share = scaled = loss / batching.grad_accum
-                loss_sum += share.detach()
-                run.backward(scaled)
-                positions += x.numel()
+            (loss_sum, positions), micro = step_with_backoff(
+                functools.partial(run_step, batches, n_targets, step), micro, step=step, model=model,
+                on_backoff=on_backoff)
         except torch.OutOfMemoryError:
-            raise oom_error(opts.device_batch_size) from None
+            raise ValueError("out of GPU memory even at a device batch of 1: use a smaller model or a shorter "
+                             "--max_seq_len") from None
         if num_iterations:
             lrm = lr_multiplier(step, num_iterations, warmdown_ratio=opts.warmdown_ratio,
                                 final_lr_frac=opts.final_lr_frac)
@@ -282,7 +310,7 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
     if compute.dist.is_master and not run.stop.signalled:
         _print_samples(model, tokenizer, run.amp())
     summary = {"val_loss": val_loss, "min_val_loss": run.loop.min_val, "epochs": round(loader.epochs, 4),
-               "checkpoint": str(run.out_dir)}
+               "checkpoint": str(run.out_dir), "device_batch_size_final": micro, "oom_backoffs": backoffs}
     if batching.phase == "sft":
         summary["padding_efficiency"] = round(loader.efficiency, 4)
     section = SECTION_MID_TRAIN if batching.phase == "mid" else SECTION_CHAT_SFT
