@@ -169,8 +169,11 @@ class RLOptions(FinetuneOptions):
 
 def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> dict:
     """Run RL on train_task (prompts with a reward), evaluating greedy pass@1 on eval_task."""
+    import functools
+
     import torch.distributed as dist
 
+    from nanochat.batch_fit import OOMInjector, step_with_backoff
     from nanochat.chat_scoring import Progress, all_reduce_counts, eval_generative, problem_indices
     from nanochat.common import dist_initialized
     from nanochat.engine import Engine
@@ -178,7 +181,7 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
     from nanochat.run_log import format_duration, read_metrics
     from nanochat.schedule import lr_multiplier, muon_momentum
     from nanochat.train_chat import load_previous
-    from nanochat.training import begin, oom_error, start_run
+    from nanochat.training import begin, start_run
 
     compute = begin(opts)
     device, info = compute.device, compute.dist
@@ -213,6 +216,28 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
             dist.all_reduce(t)
         return t.tolist()
 
+    micro, backoffs, inject = opts.device_batch_size, [], OOMInjector()
+
+    def on_backoff(step: int, new_micro: int) -> None:
+        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}; redoing the step's loss "
+               "on the same samples")
+        backoffs.append({"step": step, "device_batch_size": new_micro})
+        run.log.record(step, device_batch_size=new_micro)
+
+    def loss_step(samples, adv, n_tokens: float, step: int, micro: int) -> torch.Tensor:
+        """Forward and backward of the step's samples, micro at a time: this rank's share of the loss."""
+        loss_sum = torch.zeros((), device=device)
+        for i in range(0, len(samples), micro):
+            inputs, targets = collate(samples[i : i + micro], tokenizer.bos_token_id, device)
+            with run.amp():
+                # each rank's share of the step's loss; the distributed optimizers average the
+                # ranks' gradients, so scale by world_size to get the gradient of the sum
+                loss = policy_gradient_loss(run.fwd, inputs, targets, adv[i : i + micro].to(device), n_tokens)
+            loss_sum += loss.detach()
+            run.backward(loss * ws)
+            inject.check(step)
+        return loss_sum
+
     pass_rate = None
     while True:
         step = run.loop.step
@@ -243,19 +268,13 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
             sum(s.reward for s in samples), sum(s.completion_len for s in samples), len(samples),
             trained_tokens(samples))
         n_tokens = max(n_tokens, 1.0)
-        loss_sum = torch.zeros((), device=device)
         try:
-            B = opts.device_batch_size
-            for i in range(0, len(samples), B):
-                inputs, targets = collate(samples[i : i + B], tokenizer.bos_token_id, device)
-                with run.amp():
-                    # each rank's share of the step's loss; the distributed optimizers average the
-                    # ranks' gradients, so scale by world_size to get the gradient of the sum
-                    loss = policy_gradient_loss(run.fwd, inputs, targets, adv[i : i + B].to(device), n_tokens)
-                loss_sum += loss.detach()
-                run.backward(loss * ws)
+            # the rollouts stay: an out-of-memory redoes only the loss, in smaller chunks of the same samples
+            loss_sum, micro = step_with_backoff(functools.partial(loss_step, samples, adv, n_tokens, step), micro,
+                                                step=step, model=model, on_backoff=on_backoff)
         except torch.OutOfMemoryError:
-            raise oom_error(opts.device_batch_size) from None
+            raise ValueError("out of GPU memory even at a device batch of 1: use a smaller model or a shorter "
+                             "--max_new_tokens") from None
         lrm = lr_multiplier(step, num_iterations, warmdown_ratio=opts.warmdown_ratio, final_lr_frac=opts.final_lr_frac)
         grad_norm = run.optimizer_step(lrm, muon_momentum(step, opts.momentum_warmup))
         (train_loss,) = global_sums(loss_sum.item())
