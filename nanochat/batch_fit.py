@@ -1,4 +1,4 @@
-"""The device batch that fits the GPU by itself (--device_batch_size=auto), and the out-of-memory
+"""The device batch that fits the GPU by itself (--device_batch_size=none, auto), and the out-of-memory
 back-off of a training step.
 
 Neither changes what a run computes: the batch per optimizer step is fixed by the options, and

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 from nanochat.common import get_base_dir, print0
 from nanochat.training import TrainOptions, due
@@ -15,10 +14,10 @@ from nanochat.training import TrainOptions, due
 
 @dataclass
 class BaseOptions(TrainOptions):
-    # sequences per forward pass per device; auto = the largest power of two whose full training step fits
-    # the GPU with a margin (on CPU/MPS: 32, or fewer where a step has fewer rows). An out-of-memory
+    # sequences per forward pass per device; None = auto: the largest power of two whose full training step
+    # fits the GPU with a margin (on CPU/MPS: 32, or fewer where a step has fewer rows). An out-of-memory
     # during the run halves it and redoes the step; accumulation keeps the tokens per step either way.
-    device_batch_size: int | Literal["auto"] = "auto"
+    device_batch_size: int | None = None
     # model
     depth: int = 20  # transformer layers; width = depth x aspect_ratio, heads follow the width
     aspect_ratio: int = 64  # width per layer of depth
@@ -61,7 +60,7 @@ def rows_per_pass(opts: BaseOptions, world_size: int) -> int | None:
 
 def batch_plan(opts: BaseOptions, world_size: int, device_batch: int | None = None) -> tuple[int, int]:
     """(total tokens per step, gradient accumulation steps); a total that does not divide fails clearly.
-    device_batch: the resolved device batch (the option itself unless it is auto)."""
+    device_batch: the resolved device batch (the option itself unless it is None, auto)."""
     device_batch = opts.device_batch_size if device_batch is None else device_batch
     per_pass = device_batch * opts.max_seq_len * world_size
     total = per_pass if opts.total_batch_size is None else opts.total_batch_size
@@ -73,7 +72,7 @@ def batch_plan(opts: BaseOptions, world_size: int, device_batch: int | None = No
     return total, total // per_pass
 
 
-# --total_batch_size=none with --device_batch_size=auto: the fit starts from this many rows
+# --total_batch_size=none with --device_batch_size=none (auto): the fit starts from this many rows
 AUTO_MAX_ROWS = 1024
 
 
@@ -103,7 +102,7 @@ def probe_step(model, compute, seq_len: int):
 
 
 def auto_device_batch(opts: BaseOptions, compute, model) -> int:
-    """--device_batch_size=auto: on CUDA the largest power of two whose full step (forward, backward,
+    """--device_batch_size=none (auto): on CUDA the largest power of two whose full step (forward, backward,
     optimizer step at the run's sequence length) fits with batch_fit's margin, the minimum over ranks;
     elsewhere batch_fit.AUTO_NON_CUDA. It divides the rows of a step, so accumulation fills the step."""
     import torch
@@ -169,7 +168,7 @@ def train_base(opts: BaseOptions) -> dict:
     model.to_empty(device=device)
     model.init_weights()
     num_params, flops_per_token = model.num_params(), model.estimate_flops()
-    B = opts.device_batch_size if isinstance(opts.device_batch_size, int) else auto_device_batch(opts, compute, model)
+    B = opts.device_batch_size if opts.device_batch_size is not None else auto_device_batch(opts, compute, model)
     total_batch, grad_accum = batch_plan(opts, info.world_size, B)
     num_iterations, horizon_from = horizon(opts, num_params, flops_per_token, total_batch)
     print0(f"model: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, config {dataclasses.asdict(config)}")

@@ -68,7 +68,7 @@ class TrainOptions:
     def __post_init__(self):
         for name in ("device_batch_size", "num_iterations", "eval_every", "save_every", "keep_last"):
             value = getattr(self, name)
-            if isinstance(value, int) and value < 1:  # (a phase may also take device_batch_size=auto)
+            if value is not None and value < 1:
                 raise ValueError(f"--{name} must be >= 1 (or none), got {value}")
         if isinstance(self.resume, int) and self.resume < 0:
             raise ValueError(f"--resume must be auto, a step number or none, got {self.resume}")

@@ -143,7 +143,7 @@ def test_out_of_memory_halves_the_batch_and_redoes_the_step(workspace):
 def test_auto_device_batch_on_cpu_takes_the_rows_of_a_step(workspace):
     base, data = workspace
     proc = run([*TINY, f"--corpus={data}", f"--total_batch_size={4 * SEQ}", "--num_iterations=1",
-                "--device_batch_size=auto", "--model_tag=auto"], base)
+                "--device_batch_size=none", "--model_tag=auto"], base)
     assert proc.returncode == 0, proc.stderr
     assert f"= 4 x {SEQ} x 1 processes x 1 accumulation" in proc.stdout
 
