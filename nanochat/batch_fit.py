@@ -22,8 +22,10 @@ from nanochat.common import print0
 # fragmentation, evaluation batches and the odd longer step need room the probe did not see.
 MEMORY_BUDGET = 0.90
 # On a device without an out-of-memory to probe (CPU, MPS), auto means this many rows (the
-# scripts' old default), or fewer where the rows of a step are fewer.
+# pretraining script's old default; each phase passes its own), or fewer where a step has fewer.
 AUTO_NON_CUDA = 32
+# With no rows per step to divide (one forward pass per step), the fit starts from this many rows.
+AUTO_MAX_ROWS = 1024
 # Test hook: comma-separated steps at which the step raises torch.OutOfMemoryError once, after its
 # first micro-batch's backward (so a partial gradient must be discarded), even on CPU.
 TEST_OOM_ENV = "NANOCHAT_TEST_OOM_AT_STEP"
@@ -81,6 +83,54 @@ def fit_device_batch(try_step: Callable[[int], object], max_batch: int, *, budge
                              "or a shorter --max_seq_len")
         log(f"device batch {b}: {reason}; trying {b // 2}")
         b //= 2
+
+
+def probe_step(model, compute, seq_len: int):
+    """try_step(b) for fit_device_batch: one full training step of b random rows of seq_len tokens
+    (forward, backward, optimizer step), the weights left as they were."""
+    from nanochat.optim import build_optimizers, set_lr_multiplier
+
+    V, device = model.config.vocab_size, compute.device
+
+    def try_step(b: int) -> None:
+        # per-rank optimizers (world_size=1: no collectives, so a rank that runs out of memory cannot
+        # leave the others waiting; they hold the full optimizer state, more than the sharded one)
+        # at learning rate 0: the step allocates all its state and leaves the weights as they are
+        optimizers = build_optimizers(model.parameter_groups(), model_dim=model.config.n_embd)
+        set_lr_multiplier(optimizers, 0.0)
+        x = torch.randint(0, V, (b, seq_len), device=device)
+        with compute.autocast():
+            loss = model(x, x)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+
+    return try_step
+
+
+def auto_device_batch(compute, model, seq_len: int, rows_per_step: int | None, *, non_cuda: int) -> int:
+    """The device batch of --device_batch_size=none (auto), a power of two dividing rows_per_step (this
+    rank's rows or conversations per optimizer step; None = no limit, up to AUTO_MAX_ROWS).
+
+    On CUDA: the largest whose full step at seq_len (the run's longest rows) fits MEMORY_BUDGET of the
+    GPU, probed with the uncompiled model (which needs at least the compiled one's memory), the
+    minimum over ranks. Elsewhere: non_cuda, the phase's fixed default.
+    """
+    cap = AUTO_MAX_ROWS if rows_per_step is None else largest_power_of_two_dividing(rows_per_step)
+    if compute.device_type != "cuda":
+        return min(cap, largest_power_of_two_dividing(non_cuda))
+    device = compute.device
+    fitted = fit_device_batch(probe_step(model, compute, seq_len), cap, model=model, **cuda_fit(device))
+    if compute.dist.is_distributed:
+        import torch.distributed as dist
+
+        agreed = torch.tensor(fitted, device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        fitted = int(agreed.item())
+    print0(f"device batch: {fitted} (auto: the largest power of two <= {cap} whose step fits "
+           f"{MEMORY_BUDGET:.0%} of the GPU's memory)")
+    return fitted
 
 
 def cuda_fit(device: torch.device) -> dict:

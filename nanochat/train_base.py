@@ -72,59 +72,13 @@ def batch_plan(opts: BaseOptions, world_size: int, device_batch: int | None = No
     return total, total // per_pass
 
 
-# --total_batch_size=none with --device_batch_size=none (auto): the fit starts from this many rows
-AUTO_MAX_ROWS = 1024
-
-
-def probe_step(model, compute, seq_len: int):
-    """try_step(b) for batch_fit: one full training step of b random rows at seq_len, weights unchanged."""
-    import torch
-
-    from nanochat.optim import build_optimizers, set_lr_multiplier
-
-    V, device = model.config.vocab_size, compute.device
-
-    def try_step(b: int) -> None:
-        # per-rank optimizers (world_size=1: no collectives, so a rank that runs out of memory cannot
-        # leave the others waiting; they hold the full optimizer state, more than the sharded one)
-        # at learning rate 0: the step allocates all its state and leaves the weights as they are
-        optimizers = build_optimizers(model.parameter_groups(), model_dim=model.config.n_embd)
-        set_lr_multiplier(optimizers, 0.0)
-        x = torch.randint(0, V, (b, seq_len), device=device)
-        with compute.autocast():
-            loss = model(x, x)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
-
-    return try_step
-
-
 def auto_device_batch(opts: BaseOptions, compute, model) -> int:
-    """--device_batch_size=none (auto): on CUDA the largest power of two whose full step (forward, backward,
-    optimizer step at the run's sequence length) fits with batch_fit's margin, the minimum over ranks;
-    elsewhere batch_fit.AUTO_NON_CUDA. It divides the rows of a step, so accumulation fills the step."""
-    import torch
-
+    """--device_batch_size=none (auto): see batch_fit.auto_device_batch; a power of two that divides
+    the rows of a step, so accumulation fills the step."""
     from nanochat import batch_fit
 
-    rows = rows_per_pass(opts, compute.dist.world_size)
-    cap = AUTO_MAX_ROWS if rows is None else batch_fit.largest_power_of_two_dividing(rows)
-    if compute.device_type != "cuda":
-        return min(cap, batch_fit.AUTO_NON_CUDA)
-    device = compute.device
-    fitted = batch_fit.fit_device_batch(probe_step(model, compute, opts.max_seq_len), cap, model=model,
-                                        **batch_fit.cuda_fit(device))
-    if compute.dist.is_distributed:
-        import torch.distributed as dist
-
-        agreed = torch.tensor(fitted, device=device)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-        fitted = int(agreed.item())
-    print0(f"device batch: {fitted} (auto: the largest power of two <= {cap} that fits "
-           f"{batch_fit.MEMORY_BUDGET:.0%} of the GPU's memory)")
-    return fitted
+    return batch_fit.auto_device_batch(compute, model, opts.max_seq_len, rows_per_pass(opts, compute.dist.world_size),
+                                       non_cuda=batch_fit.AUTO_NON_CUDA)
 
 
 def horizon(opts: BaseOptions, num_params: int, flops_per_token: int, total_batch: int) -> tuple[int, str]:
@@ -168,7 +122,9 @@ def train_base(opts: BaseOptions) -> dict:
     model.to_empty(device=device)
     model.init_weights()
     num_params, flops_per_token = model.num_params(), model.estimate_flops()
-    B = opts.device_batch_size if opts.device_batch_size is not None else auto_device_batch(opts, compute, model)
+    if opts.device_batch_size is None:  # resolved once: the checkpoint's options record the batch that ran
+        opts = dataclasses.replace(opts, device_batch_size=auto_device_batch(opts, compute, model))
+    B = opts.device_batch_size
     total_batch, grad_accum = batch_plan(opts, info.world_size, B)
     num_iterations, horizon_from = horizon(opts, num_params, flops_per_token, total_batch)
     print0(f"model: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, config {dataclasses.asdict(config)}")

@@ -79,7 +79,7 @@ class MidOptions(ChatOptions):
 @dataclass
 class SFTOptions(ChatOptions):
     source: Literal["base", "mid"] = "mid"  # the checkpoint to start from: mid (or base, to skip midtraining)
-    device_batch_size: int = 4  # conversations per forward pass per device
+    device_batch_size: int | None = None  # conversations per forward pass per device (None = auto; 4 off CUDA)
     target_examples_per_step: int = 32  # conversations per optimizer step (gradient accumulation fills it)
     num_epochs: float = 1.0  # passes over the mixture (when --num_iterations is none)
     num_iterations: int | None = None  # optimizer steps (None = num_epochs x mixture / target_examples_per_step)
@@ -124,6 +124,8 @@ def load_previous(opts: FinetuneOptions, device):
 def warn_if_larger(opts: FinetuneOptions, seq_len: int, prev: dict) -> None:
     """The previous run's batch fitted its GPU; a bigger one here may not (the memory is mostly activations)."""
     prev_opts = prev.get("options") or {}
+    if opts.device_batch_size is None:
+        return  # auto fits the GPU by itself
     prev_b, prev_t = prev_opts.get("device_batch_size"), prev_opts.get("max_seq_len")
     if not isinstance(prev_b, int) or not isinstance(prev_t, int) or prev_t <= 0:
         return
@@ -182,11 +184,26 @@ def padded_batching(opts: SFTOptions, tokenizer, T: int, world_size: int, device
                              f"({opts.num_epochs:g} epochs)")
 
 
+def auto_device_batch(opts: ChatOptions, compute, model, T: int) -> int:
+    """--device_batch_size=none: batch_fit.auto_device_batch over this rank's rows (mid) or
+    conversations (SFT) per step; off CUDA the phase's fixed default (mid 32, SFT 4)."""
+    from nanochat import batch_fit
+
+    ws = compute.dist.world_size
+    if isinstance(opts, SFTOptions):
+        rows, non_cuda = (opts.target_examples_per_step // ws if opts.target_examples_per_step % ws == 0 else None), 4
+    else:
+        total = opts.total_batch_size
+        rows, non_cuda = (total // (T * ws) if total is not None and total % (T * ws) == 0 else None), 32
+    return batch_fit.auto_device_batch(compute, model, T, rows, non_cuda=non_cuda)
+
+
 def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "") -> dict:
     """Run midtraining (MidOptions) or SFT (SFTOptions) on these conversations; returns a summary.
 
     train_tasks / val_tasks: sliceable sequences of conversations (tasks.common.Task and mixtures).
     """
+    import dataclasses
     import functools
 
     import torch
@@ -205,6 +222,8 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
     device, ws = compute.device, compute.dist.world_size
     model, tokenizer, prev_meta, tag, T = load_previous(opts, device)
     print0(f"train: {len(train_tasks):,} conversations, validation: {len(val_tasks):,}")
+    if opts.device_batch_size is None:
+        opts = dataclasses.replace(opts, device_batch_size=auto_device_batch(opts, compute, model, T))
     if isinstance(opts, SFTOptions):
         batching = padded_batching(opts, tokenizer, T, ws, device, len(train_tasks))
     else:

@@ -148,7 +148,7 @@ class RLOptions(FinetuneOptions):
     max_new_tokens: int = 256  # tokens per completion at most (training and evaluation)
     temperature: float = 1.0  # sampling temperature of the rollouts
     top_k: int | None = 50  # rollouts sample among the k likeliest tokens (None = all)
-    device_batch_size: int = 8  # sequences per forward pass of the loss (gradient accumulation)
+    device_batch_size: int | None = None  # sequences per forward pass of the loss (None = auto; 8 off CUDA)
     num_epochs: float = 1.0  # passes over the training prompts (when --num_iterations is none)
     num_iterations: int | None = None  # optimizer steps (None = num_epochs x train prompts // examples_per_step)
     init_lr_frac: float = 0.05  # multiplier on the base learning rates
@@ -169,10 +169,12 @@ class RLOptions(FinetuneOptions):
 
 def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> dict:
     """Run RL on train_task (prompts with a reward), evaluating greedy pass@1 on eval_task."""
+    import dataclasses
     import functools
 
     import torch.distributed as dist
 
+    from nanochat import batch_fit
     from nanochat.batch_fit import OOMInjector, step_with_backoff
     from nanochat.chat_scoring import Progress, all_reduce_counts, eval_generative, problem_indices
     from nanochat.common import dist_initialized
@@ -194,6 +196,10 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
            f"{opts.examples_per_step} prompts x {opts.num_samples} samples over {ws} processes; "
            f"{num_iterations:,} steps")
 
+    if opts.device_batch_size is None:  # auto: over this rank's samples per step, at the model's context
+        samples_per_rank = opts.examples_per_step // ws * opts.num_samples
+        opts = dataclasses.replace(opts, device_batch_size=batch_fit.auto_device_batch(
+            compute, model, T, samples_per_rank, non_cuda=8))
     cursor = PromptCursor(len(train_task), seed=opts.seed)
     run = start_run(opts, compute, phase="rl", tag=tag, model=model, loader=cursor, num_iterations=num_iterations,
                     lr_frac=opts.init_lr_frac, dynamic=True,  # sequence lengths vary per chunk

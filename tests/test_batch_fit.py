@@ -105,9 +105,9 @@ def test_injector_fires_once_per_listed_step(monkeypatch):
 
 def test_probe_step_runs_a_full_step_and_leaves_the_weights():
     """The auto fit's trial steps (forward, backward, optimizer step at lr 0) change nothing."""
+    from nanochat.batch_fit import probe_step
     from nanochat.common import Compute, DistInfo
     from nanochat.gpt import GPT, GPTConfig
-    from nanochat.train_base import probe_step
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(sequence_len=16, vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=2))
@@ -126,3 +126,20 @@ def test_probe_step_runs_a_full_step_and_leaves_the_weights():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_auto_off_cuda_is_the_phase_default_within_a_step():
+    """Without a GPU to probe, auto is each phase's fixed default, lowered to divide a step's rows."""
+    from nanochat.batch_fit import auto_device_batch
+    from nanochat.common import Compute, DistInfo
+    from nanochat.train_chat import MidOptions, SFTOptions
+    from nanochat.train_chat import auto_device_batch as chat_auto
+
+    cpu = Compute("cpu", torch.device("cpu"), DistInfo())
+    assert auto_device_batch(cpu, None, 64, 256, non_cuda=32) == 32
+    assert auto_device_batch(cpu, None, 64, 12, non_cuda=32) == 4
+    assert auto_device_batch(cpu, None, 64, None, non_cuda=8) == 8
+    assert chat_auto(SFTOptions(), cpu, None, 64) == 4
+    assert chat_auto(SFTOptions(target_examples_per_step=2), cpu, None, 64) == 2
+    assert chat_auto(MidOptions(total_batch_size=8 * 64), cpu, None, 64) == 8
+    assert chat_auto(MidOptions(), cpu, None, 2048) == 32
