@@ -167,11 +167,6 @@ def maybe_compile(model: torch.nn.Module, choice: bool | None, device_type: str,
     return model
 
 
-def oom_error(device_batch_size: int) -> ValueError:
-    return ValueError(f"out of GPU memory at --device_batch_size={device_batch_size}: halve it (gradient "
-                      "accumulation keeps the batch per optimizer step, so the run trains the same)")
-
-
 def check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise ValueError(f"training loss became {loss} at step {step}: lower the learning rates or use bf16/fp32")
