@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from nanochat.common import cpu_has_bf16
 from nanochat.tokenizer import SPLIT_PATTERN, Tokenizer
 from tests.conftest import REPO_ROOT, subprocess_env
 
@@ -138,6 +139,24 @@ def test_out_of_memory_halves_the_batch_and_redoes_the_step(workspace):
     records = [json.loads(line) for line in (base / "base_checkpoints" / "oom_backoff" / "metrics.jsonl")
                .read_text().splitlines()]
     assert [(r["step"], r["device_batch_size"]) for r in records if "device_batch_size" in r] == [(3, 2)]
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="no native bf16 on this CPU")
+def test_bf16_run_on_cpu_trains_like_fp32(workspace):
+    """--dtype=bf16, a GPU run's precision, end to end on a CPU with native bf16: training steps,
+    validation and the checkpoint, with losses close to an fp32 run's."""
+    base, data = workspace
+    tiny = [a for a in TINY if not a.startswith("--eval_every")]
+    common = [*tiny, f"--corpus={data}", "--device_batch_size=2", "--total_batch_size=none", "--num_iterations=6",
+              "--eval_every=3", "--eval_tokens=128"]
+    curves = {}
+    for dtype in ("fp32", "bf16"):
+        proc = run([*common, f"--dtype={dtype}", f"--model_tag=dtype_{dtype}"], base)
+        assert proc.returncode == 0, proc.stderr
+        assert f"cpu (cpu), {dtype}" in proc.stdout
+        curves[dtype] = losses(base, f"dtype_{dtype}")
+    assert curves["bf16"][-1] < curves["bf16"][0]
+    assert curves["bf16"] == pytest.approx(curves["fp32"], abs=0.1)
 
 
 def test_auto_device_batch_on_cpu_takes_the_rows_of_a_step(workspace):
