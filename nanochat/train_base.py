@@ -14,10 +14,9 @@ from nanochat.training import TrainOptions, due
 
 @dataclass
 class BaseOptions(TrainOptions):
-    # sequences per forward pass per device; None = auto: the largest power of two whose full training step
-    # fits the GPU with a margin (on CPU/MPS: 32, or fewer where a step has fewer rows). An out-of-memory
-    # during the run halves it and redoes the step; accumulation keeps the tokens per step either way.
-    device_batch_size: int | None = None
+    # An out-of-memory during the run halves the device batch and redoes the step; accumulation keeps
+    # the tokens per step either way (nanochat/batch_fit.py).
+    device_batch_size: int | None = None  # sequences per forward pass per device (None = auto: the largest power of two whose step fits the GPU; 32 off CUDA)
     # model
     depth: int = 20  # transformer layers; width = depth x aspect_ratio, heads follow the width
     aspect_ratio: int = 64  # width per layer of depth

@@ -40,9 +40,8 @@ class TrainOptions:
     """The options every training phase reads; each phase's options add their own."""
 
     # batch and horizon
-    # sequences per forward pass per device (None = auto: on CUDA the largest power of two whose training
-    # step fits, batch_fit.auto_device_batch; elsewhere the phase's fixed default). An out-of-memory halves it.
-    device_batch_size: int | None = None
+    # An out-of-memory during the run halves the device batch and redoes the step (nanochat/batch_fit.py).
+    device_batch_size: int | None = None  # sequences per forward pass per device (None = auto: the largest power of two whose step fits the GPU; 32 off CUDA)
     num_iterations: int | None = None  # optimizer steps (None = the phase's own horizon, see its options)
     # optimization (learning rates of the base run; later phases scale them by init_lr_frac)
     embedding_lr: float = 0.2  # AdamW lr of the token embedding (scaled by (width/768)^-0.5)
