@@ -1,39 +1,64 @@
 #!/usr/bin/env bash
 # speedrun.sh on a rented GPU pod (RunPod: the persistent volume is /workspace), unattended.
 #   screen -L -S speedrun bash runpod_speedrun.sh       # then Ctrl-a d to detach; screen -r to come back
-#   RUN_RL=1 AUTO_BACKUP=1 AUTO_STOP=1 bash runpod_speedrun.sh
+#   RUN_RL=1 AUTO_BACKUP=1 AUTO_STOP=stop bash runpod_speedrun.sh
+#   MAX_HOURS=4 AUTO_STOP=remove bash runpod_speedrun.sh   # a budget: save, back up and remove the pod at 4 h
 # Every artifact goes to $WORKSPACE/nanochat_artifacts (the volume survives the pod), the log to
 # $WORKSPACE/speedrun.log as well as the terminal, the report to $WORKSPACE/nanochat_final_report.md.
 # Run it again after a lost pod or a crash: completed stages are skipped and the interrupted one
 # resumes from its last checkpoint.
-# Environment: WORKSPACE (/workspace), NUM_SHARDS (240), RUN_RL (0), AUTO_BACKUP (0), AUTO_STOP (0,
-# needs runpodctl and RUNPOD_POD_ID), ALLOW_CPU=1 (run without a GPU: the small CPU configuration),
-# DEVICE_BATCH_SIZE (default sized to the GPU memory), and speedrun.sh's own knobs.
+# Environment: WORKSPACE (/workspace), DEPTH (20), NUM_SHARDS (what DEPTH needs: d20 240, d26 460,
+# d32 800), RUN_RL (0), AUTO_BACKUP (0), AUTO_STOP (stop or 1: stop the pod when done, remove: delete
+# it; needs runpodctl and RUNPOD_POD_ID), MAX_HOURS (a wall-clock limit, fractions allowed: the
+# running stage saves a checkpoint and stops, then a backup, then the pod stops, or is removed with
+# AUTO_STOP=remove; run again to resume), ALLOW_CPU=1 (run without a GPU: the small CPU configuration),
+# NPROC_PER_NODE (default every GPU CUDA_VISIBLE_DEVICES leaves visible), DEVICE_BATCH_SIZE (default
+# sized to the GPU memory), WANDB_RUN, and speedrun.sh's own knobs.
 set -euo pipefail
 cd "$(dirname "$0")"
+# shellcheck source=dev/gpus.sh
+source dev/gpus.sh
 WORKSPACE="${WORKSPACE:-/workspace}"
 export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$WORKSPACE/nanochat_artifacts}"
 LOG="$WORKSPACE/speedrun.log"
 FINAL_REPORT="$WORKSPACE/nanochat_final_report.md"
-NUM_SHARDS="${NUM_SHARDS:-240}"
-export NUM_SHARDS SPEEDRUN_LOG="$LOG"
+DEPTH="${DEPTH:-20}"
+export SPEEDRUN_LOG="$LOG"
 
 die() { echo "error: $*" >&2; exit 1; }
 [ -d "$WORKSPACE" ] && [ -w "$WORKSPACE" ] || die "WORKSPACE=$WORKSPACE is not a writable directory: attach the pod's volume or set WORKSPACE"
+case "${AUTO_STOP:-0}" in
+  0|"") POD_ACTION="" ;;
+  1|stop) POD_ACTION=stop ;;
+  remove) POD_ACTION=remove ;;
+  *) die "AUTO_STOP=$AUTO_STOP: use stop (or 1) to stop the pod when the run ends, remove to delete it, 0 to leave it running" ;;
+esac
+LIMIT_S=""
+if [ -n "${MAX_HOURS:-}" ]; then
+  [[ $MAX_HOURS =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && LIMIT_S=$(awk -v h="$MAX_HOURS" 'BEGIN { printf "%d", h * 3600 }') \
+    && [ "$LIMIT_S" -gt 0 ] || die "MAX_HOURS=$MAX_HOURS: give the wall-clock limit in hours, like 4 or 0.5"
+  # a limit is a budget: the pod stops at it unless AUTO_STOP says otherwise
+  [ -n "${AUTO_STOP:-}" ] || POD_ACTION=stop
+fi
 mkdir -p "$NANOCHAT_BASE_DIR"
 START=$(date +%s)
 echo "== runpod_speedrun start $(date -u '+%Y-%m-%d %H:%M:%S UTC') ==" | tee -a "$LOG"
 
 # ---- the machine, before anything long
-NGPU=0
+# the GPUs CUDA_VISIBLE_DEVICES leaves visible (nvidia-smi alone lists them all), NPROC_PER_NODE of them
+GPU_ROWS=$(visible_gpu_rows)
+NGPU=$(grep -c . <<<"$GPU_ROWS" || true)
 GPU_MEM_MB=0
 GPU_NAME=none
-if command -v nvidia-smi >/dev/null 2>&1; then
-  NGPU=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
-  if [ "$NGPU" -gt 0 ]; then
-    GPU_MEM_MB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | sort -n | head -1 | tr -d ' ')
-    GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-  fi
+if [ -n "${NPROC_PER_NODE:-}" ] && [ "$NGPU" -gt 0 ]; then
+  [[ $NPROC_PER_NODE =~ ^[1-9][0-9]*$ ]] && [ "$NPROC_PER_NODE" -le "$NGPU" ] \
+    || die "NPROC_PER_NODE=$NPROC_PER_NODE: $NGPU GPU(s) are visible (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}); set 1 to $NGPU"
+  NGPU=$NPROC_PER_NODE
+  GPU_ROWS=$(head -n "$NGPU" <<<"$GPU_ROWS")
+fi
+if [ "$NGPU" -gt 0 ]; then
+  GPU_MEM_MB=$(awk -F', *' '{print $4}' <<<"$GPU_ROWS" | sort -n | head -1 | tr -d ' ')
+  GPU_NAME=$(awk -F', *' 'NR == 1 {print $3}' <<<"$GPU_ROWS")
 fi
 FREE_GB=$(df -P -k "$WORKSPACE" | awk 'NR == 2 {print int($4 / 1048576)}')
 {
@@ -46,25 +71,72 @@ if [ "$NGPU" -eq 0 ]; then
   [ "${ALLOW_CPU:-0}" = 1 ] || die "no GPU is visible (nvidia-smi lists none): start a GPU pod, or set ALLOW_CPU=1 for the small CPU run"
   echo "plan:    CPU run (ALLOW_CPU=1): the small configuration of speedrun.sh" | tee -a "$LOG"
 else
-  # ~100 MB per FineWeb-Edu shard, and d20 checkpoints with optimizer state (~7 GB each, two kept per phase)
-  NEED_GB=$((NUM_SHARDS / 10 + 30))
-  [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"
-  # device batch sized to the GPU memory, the step's arithmetic and the time and cost: nanochat/plan.py
+  # device batch sized to the GPU memory, the step's arithmetic, the shards DEPTH needs, the time and
+  # cost: nanochat/plan.py
   PLAN=$(PYTHONPATH="$PWD" python3 -m nanochat.plan --gpus="$NGPU" --gpu_name="$GPU_NAME" --gpu_mem_mb="$GPU_MEM_MB" \
-         --device_batch_size="${DEVICE_BATCH_SIZE:-none}") || die "could not plan the run (python3 -m nanochat.plan failed)"
+         --device_batch_size="${DEVICE_BATCH_SIZE:-none}" --depth="$DEPTH" --vocab_size="${VOCAB_SIZE:-65536}") \
+    || die "could not plan the run (python3 -m nanochat.plan failed)"
   eval "$PLAN"
-  export DEVICE_BATCH_SIZE
+  NUM_SHARDS="${NUM_SHARDS:-$PLAN_NUM_SHARDS}"
+  export DEVICE_BATCH_SIZE NUM_SHARDS NPROC_PER_NODE="$NGPU"
   HOURS="$PLAN_HOURS"
   COST="$PLAN_COST"
   [ "$COST" = unknown ] && COST="unknown for $GPU_NAME"
-  echo "plan:    d20 on $NGPU GPU(s), device_batch_size $DEVICE_BATCH_SIZE, ~$HOURS h, ~$COST at on-demand prices" | tee -a "$LOG"
+  ESTIMATE="~$HOURS h, ~$COST at on-demand prices"
+  [ "$DEPTH" = 20 ] || ESTIMATE="time and cost as estimated for d20 (~$HOURS h, ~$COST): d$DEPTH differs"
+  echo "plan:    d$DEPTH on $NGPU GPU(s), $NUM_SHARDS shards, device_batch_size $DEVICE_BATCH_SIZE, $ESTIMATE" | tee -a "$LOG"
+  # ~100 MB per FineWeb-Edu shard, and d20 checkpoints with optimizer state (~7 GB each, two kept per phase)
+  NEED_GB=$((NUM_SHARDS / 10 + 30))
+  [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"
 fi
-echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   auto stop: ${AUTO_STOP:-0}   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"
+echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   pod at the end: ${POD_ACTION:-left running}   time limit: ${MAX_HOURS:-none}${MAX_HOURS:+ h}   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"
 
-# ---- the pipeline (its stages are resumable), logged to the volume and the terminal
+# stop_pod: AUTO_STOP's action (stop | remove) with runpodctl, or the line saying why it cannot
+stop_pod() {
+  [ -n "$POD_ACTION" ] || return 0
+  if ! command -v runpodctl >/dev/null 2>&1; then
+    echo "AUTO_STOP=${AUTO_STOP:-stop} but runpodctl is not installed: $POD_ACTION the pod from the RunPod console" | tee -a "$LOG"
+    return 0
+  fi
+  [ -n "${RUNPOD_POD_ID:-}" ] || { echo "AUTO_STOP=${AUTO_STOP:-stop} but RUNPOD_POD_ID is not set: $POD_ACTION the pod from the console" | tee -a "$LOG"; return 0; }
+  if [ "$POD_ACTION" = remove ]; then
+    echo "removing pod $RUNPOD_POD_ID (AUTO_STOP=remove); the network volume keeps everything" | tee -a "$LOG"
+  else
+    echo "stopping pod $RUNPOD_POD_ID (AUTO_STOP=${AUTO_STOP:-stop}); the volume keeps everything" | tee -a "$LOG"
+  fi
+  runpodctl "$POD_ACTION" pod "$RUNPOD_POD_ID"
+}
+
+# ---- the pipeline (its stages are resumable), logged to the volume and the terminal; a watchdog
+# sends it SIGTERM at MAX_HOURS, which it passes to the running stage (speedrun.sh)
 rc=0
-bash speedrun.sh < /dev/null 2>&1 | tee -a "$LOG" || rc=$?
+LIMIT_HIT=0
+PIPE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/runpod_speedrun.XXXXXX")
+trap 'rm -rf -- "$PIPE_DIR"' EXIT
+mkfifo "$PIPE_DIR/out"
+tee -a "$LOG" < "$PIPE_DIR/out" &
+TEE_PID=$!
+bash speedrun.sh < /dev/null > "$PIPE_DIR/out" 2>&1 &
+RUN_PID=$!
+if [ -n "$LIMIT_S" ]; then
+  while kill -0 "$RUN_PID" 2>/dev/null; do
+    if [ "$LIMIT_HIT" = 0 ] && [ $(($(date +%s) - START)) -ge "$LIMIT_S" ]; then
+      LIMIT_HIT=1
+      echo "== MAX_HOURS=$MAX_HOURS reached: stopping the running stage (a training phase saves a checkpoint first) ==" | tee -a "$LOG"
+      kill -TERM "$RUN_PID" 2>/dev/null || true
+    fi
+    sleep 1
+  done
+fi
+wait "$RUN_PID" || rc=$?
+wait "$TEE_PID" || true
 ELAPSED=$(($(date +%s) - START))
+if [ "$LIMIT_HIT" = 1 ]; then
+  echo "== stopped at MAX_HOURS=$MAX_HOURS after $((ELAPSED / 60)) min (speedrun exit $rc); run this script again to resume ==" | tee -a "$LOG"
+  WORKSPACE="$WORKSPACE" bash runpod_storage.sh backup --no-data 2>&1 | tee -a "$LOG"
+  stop_pod
+  exit 143
+fi
 if [ "$rc" != 0 ]; then
   echo "error: the speedrun stopped (exit $rc) after $((ELAPSED / 60)) min; the failed stage is named above and in $LOG. Run this script again to resume." | tee -a "$LOG" >&2
   exit "$rc"
@@ -84,12 +156,4 @@ fi
 if [ "${AUTO_BACKUP:-0}" = 1 ]; then
   WORKSPACE="$WORKSPACE" bash runpod_storage.sh backup --no-data 2>&1 | tee -a "$LOG"
 fi
-if [ "${AUTO_STOP:-0}" = 1 ]; then
-  if ! command -v runpodctl >/dev/null 2>&1; then
-    echo "AUTO_STOP=1 but runpodctl is not installed: stop the pod from the RunPod console" | tee -a "$LOG"
-    exit 0
-  fi
-  [ -n "${RUNPOD_POD_ID:-}" ] || { echo "AUTO_STOP=1 but RUNPOD_POD_ID is not set: stop the pod from the console" | tee -a "$LOG"; exit 0; }
-  echo "stopping pod $RUNPOD_POD_ID (AUTO_STOP=1); the volume keeps everything" | tee -a "$LOG"
-  runpodctl stop pod "$RUNPOD_POD_ID"
-fi
+stop_pod

@@ -11,17 +11,76 @@
 # script again skips those and resumes the interrupted one from its last checkpoint (a lost pod, a
 # crash, Ctrl-C). To start over, point NANOCHAT_BASE_DIR at a fresh directory.
 # Knobs (environment): DEPTH, VOCAB_SIZE, SEQ_LEN, BASE_STEPS, MID_STEPS, SFT_STEPS, RL_STEPS, EVAL_PROBLEMS,
-# DEVICE_BATCH_SIZE (GPU), CPU_RUN=1 (the CPU configuration on a GPU machine), RUN_RL=1, WANDB_RUN, NUM_SHARDS; the step counts default to the phases' own horizons on GPU.
+# DEVICE_BATCH_SIZE (GPU), CPU_RUN=1 (the CPU configuration on a GPU machine), RUN_RL=1,
+# NPROC_PER_NODE (processes, default every GPU CUDA_VISIBLE_DEVICES leaves visible), NUM_SHARDS
+# (default: what DEPTH needs, nanochat/plan.py), WANDB_RUN=NAME (logs to wandb: installs the extra;
+# dummy or none = off); the step counts default to the phases' own horizons on GPU.
+# SIGTERM to this script stops the running stage the way dev/launch.sh stop does (a training phase
+# saves a checkpoint and exits 143); a rerun resumes it.
 set -euo pipefail
 cd "$(dirname "$0")"
+die() { echo "error: $*" >&2; exit 1; }
+WANDB=0
+case "${WANDB_RUN:-}" in ""|dummy|none) ;; *) WANDB=1 ;; esac
+if [ "$WANDB" = 1 ]; then
+  case ",${NANOCHAT_EXTRAS:-}," in *,wandb,*) ;; *) export NANOCHAT_EXTRAS="${NANOCHAT_EXTRAS:+$NANOCHAT_EXTRAS,}wandb" ;; esac
+fi
 # shellcheck source=dev/setup_env.sh
 source dev/setup_env.sh
+# shellcheck source=dev/gpus.sh
+source dev/gpus.sh
 PY=.venv/bin/python
 export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
 STAGES="$NANOCHAT_BASE_DIR/stages"
+
+# ---- checks that would otherwise fail hours in, before any stage
+if [ "$WANDB" = 1 ]; then
+  "$PY" -c 'import wandb' 2>/dev/null || die "WANDB_RUN=$WANDB_RUN logs to wandb, which does not import: .venv/bin/python -m pip install wandb (or uv pip install -e '.[wandb]'), or unset WANDB_RUN"
+  # wandb.init cannot ask for a key without a terminal: it needs one from `wandb login` (~/.netrc) or the environment
+  if [ -z "${WANDB_API_KEY:-}" ] && ! grep -qs 'api.wandb.ai' "${NETRC:-$HOME/.netrc}"; then
+    case "${WANDB_MODE:-}" in offline|disabled|dryrun) ;; *)
+      die "WANDB_RUN=$WANDB_RUN but wandb has no API key: run .venv/bin/wandb login (or export WANDB_API_KEY=..., or WANDB_MODE=offline)" ;;
+    esac
+  fi
+fi
+NGPU=$(visible_gpu_count)
+if [ "${CPU_RUN:-0}" = 1 ]; then NGPU=0; fi  # the CPU configuration even where GPUs exist (dev/runcpu.sh)
+if [ "$NGPU" -gt 0 ]; then
+  # a CPU-only torch on a GPU machine would train d20 on the CPU for weeks without a word
+  read -r TORCH_GPUS TORCH_VERSION < <("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0, torch.__version__)' 2>/dev/null || echo "0 (does-not-import)")
+  [ "$TORCH_GPUS" -gt 0 ] || die "nvidia-smi lists $NGPU GPU(s) but torch $TORCH_VERSION cannot use CUDA: install a CUDA build (uv pip install --python .venv/bin/python --reinstall torch) and check the driver with nvidia-smi, or CPU_RUN=1 for the small CPU run"
+  NGPU=$TORCH_GPUS  # torch's own count (CUDA_VISIBLE_DEVICES and all)
+  if [ -n "${NPROC_PER_NODE:-}" ]; then
+    [[ $NPROC_PER_NODE =~ ^[1-9][0-9]*$ ]] && [ "$NPROC_PER_NODE" -le "$NGPU" ] \
+      || die "NPROC_PER_NODE=$NPROC_PER_NODE: this machine shows $NGPU GPU(s) (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}); set 1 to $NGPU"
+    NGPU=$NPROC_PER_NODE
+  fi
+fi
 mkdir -p "$STAGES"
 
 fmt() { printf '%dh%02dm%02ds' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
+# SIGTERM (runpod_speedrun.sh's MAX_HOURS, a plain kill): passed to the running stage's processes
+# except torchrun itself, which on SIGTERM would SIGKILL its ranks 30 s later, maybe mid-save;
+# without a rank torchrun exits by itself
+STAGE_PID=""
+STOPPED=0
+stage_processes() {  # pid: it and its descendants, torchrun excepted
+  ps -A -o pid=,ppid=,args= | awk -v root="$1" '
+    { pid = $1; parent[pid] = $2; $1 = $2 = ""; args[pid] = $0 }
+    END {
+      keep[root] = 1
+      do { grew = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grew = 1 } } while (grew)
+      for (p in keep) if (!(args[p] ~ /torch[.]distributed[.]run/)) print p
+    }'
+}
+stop_stage() {
+  STOPPED=1
+  [ -n "$STAGE_PID" ] || exit 143
+  echo "speedrun: SIGTERM: stopping the running stage (a training phase finishes its step and saves a checkpoint)"
+  # shellcheck disable=SC2046  # a list of pids
+  kill -TERM $(stage_processes "$STAGE_PID") 2>/dev/null || true
+}
+trap stop_stage TERM
 # run_stage NAME COMMAND...: skipped when already complete; a failure stops the run naming the stage
 run_stage() {
   local name=$1 t0=$SECONDS rc=0
@@ -32,7 +91,20 @@ run_stage() {
   fi
   echo
   echo "== $name ($(date +%H:%M:%S)) =="
-  "$@" || rc=$?
+  # in the background so that the TERM trap runs at once (bash delays traps until a foreground child ends)
+  "$@" &
+  STAGE_PID=$!
+  while :; do
+    rc=0
+    wait "$STAGE_PID" || rc=$?
+    if [ "$rc" -gt 128 ] && kill -0 "$STAGE_PID" 2>/dev/null; then continue; fi  # the trap woke the wait
+    break
+  done
+  STAGE_PID=""
+  if [ "$STOPPED" = 1 ]; then
+    echo "error: stage '$name' stopped by SIGTERM (exit $rc): run again to resume it (a training phase saves a checkpoint first)" >&2
+    exit 143
+  fi
   if [ "$rc" != 0 ]; then
     echo "error: stage '$name' failed (exit $rc); its output is above${SPEEDRUN_LOG:+ and in $SPEEDRUN_LOG}. Fix the cause and run again: completed stages are skipped and this one resumes" >&2
     exit "$rc"
@@ -46,11 +118,6 @@ if [ "$done_before" -gt 0 ]; then
   echo "resuming: $done_before stage(s) already complete in $NANOCHAT_BASE_DIR (use a fresh NANOCHAT_BASE_DIR to start over)"
 fi
 
-NGPU=0
-if command -v nvidia-smi >/dev/null 2>&1; then
-  NGPU=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
-fi
-if [ "${CPU_RUN:-0}" = 1 ]; then NGPU=0; fi  # the CPU configuration even where GPUs exist (dev/runcpu.sh)
 ONLINE=0
 if [ "${NANOCHAT_OFFLINE:-0}" != 1 ] && "$PY" - <<'EOF' 2>/dev/null; then ONLINE=1; fi
 import urllib.request
@@ -63,7 +130,9 @@ if [ "$NGPU" -gt 0 ]; then
   LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NGPU")
   # any GPU count: the step stays ~524,288 tokens (and ~32 SFT conversations) by rounding the
   # gradient accumulation (nanochat/plan.py); DEVICE_BATCH_SIZE lowers memory use
-  eval "$("$PY" -m nanochat.plan --gpus="$NGPU" --device_batch_size="${DEVICE_BATCH_SIZE:-32}")"
+  eval "$("$PY" -m nanochat.plan --gpus="$NGPU" --device_batch_size="${DEVICE_BATCH_SIZE:-32}" --depth="$DEPTH" \
+          --vocab_size="$VOCAB_SIZE")"
+  NUM_SHARDS="${NUM_SHARDS:-$PLAN_NUM_SHARDS}"  # what DEPTH needs (d20: 240, d26: 460, d32: 800)
   BATCH=(--device_batch_size="$DEVICE_BATCH_SIZE" --total_batch_size="$TOTAL_BATCH_SIZE")
   BASE_ARGS=(--depth="$DEPTH" --run="${WANDB_RUN:-none}" --save_every=1000 "${BATCH[@]}")
   LOSS_ARGS=(--device_batch_size="$DEVICE_BATCH_SIZE")
@@ -77,21 +146,21 @@ if [ "$NGPU" -gt 0 ]; then
   EVAL_ARGS=()
   CORE_ARGS=()
   [ -n "${EVAL_PROBLEMS:-}" ] && EVAL_ARGS=(--max_problems="$EVAL_PROBLEMS")
-  echo "GPU run: $NGPU GPU(s), depth $DEPTH"
+  echo "GPU run: $NGPU GPU(s), depth $DEPTH, $NUM_SHARDS shards"
 else
   DEPTH="${DEPTH:-4}"; VOCAB_SIZE="${VOCAB_SIZE:-4096}"; SEQ_LEN="${SEQ_LEN:-256}"
   LAUNCH=("$PY")
   # ~2k tokens per step at ~1 step/s on 2 cores: 300 steps is ~5 minutes and clearly lowers bpb
   BASE_ARGS=(--depth="$DEPTH" --max_seq_len="$SEQ_LEN" --device_batch_size=8 --total_batch_size=none
              --num_iterations="${BASE_STEPS:-300}" --eval_every=100 --eval_tokens=65536 --sample_every=300
-             --save_every=100 --warmdown_ratio=0.3)
+             --save_every=100 --warmdown_ratio=0.3 --run="${WANDB_RUN:-none}")
   LOSS_ARGS=(--device_batch_size=8 --eval_tokens=65536)
-  CHAT_CPU=(--max_seq_len="$SEQ_LEN" --eval_every=50 --eval_batches=20 --save_every=50)
+  CHAT_CPU=(--max_seq_len="$SEQ_LEN" --eval_every=50 --eval_batches=20 --save_every=50 --run="${WANDB_RUN:-none}")
   MID_ARGS=("${CHAT_CPU[@]}" --device_batch_size=8 --total_batch_size=none --num_iterations="${MID_STEPS:-150}")
   # a small model trained for minutes needs more than SFT's usual 2% of the base learning rates to move
   SFT_ARGS=("${CHAT_CPU[@]}" --device_batch_size=4 --target_examples_per_step=8 --num_iterations="${SFT_STEPS:-100}"
             --init_lr_frac=0.1)
-  RL_ARGS=(--max_seq_len="$SEQ_LEN" --examples_per_step=4 --num_samples=4 --max_new_tokens=64
+  RL_ARGS=(--max_seq_len="$SEQ_LEN" --run="${WANDB_RUN:-none}" --examples_per_step=4 --num_samples=4 --max_new_tokens=64
            --num_iterations="${RL_STEPS:-30}" --eval_every=15 --max_problems="${EVAL_PROBLEMS:-20}" --save_every=15)
   EVAL_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --max_new_tokens=128)
   CORE_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --device_batch_size=8)
@@ -105,10 +174,10 @@ run_stage report-reset "$PY" -m nanochat.report reset
 
 data() {
   if [ "$CORPUS" = fineweb-edu ]; then
-    # 8 shards (~2B chars) for the tokenizer now; d20 needs ~240, fetched while the tokenizer trains
+    # 8 shards (~2B chars) for the tokenizer now; the rest (d20: 240) while the tokenizer trains
     "$PY" -m nanochat.dataset -n 8
     if [ "$NGPU" -gt 0 ]; then
-      "$PY" -m nanochat.dataset -n "${NUM_SHARDS:-240}" > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
+      "$PY" -m nanochat.dataset -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
       echo $! > "$STAGES/download.pid"
     fi
     if [ "${#CHAT_DATA[@]}" -eq 0 ]; then "$PY" -m tasks.sources --dataset=all; fi
@@ -130,7 +199,7 @@ shards() {
     echo "waiting for the shard download (log: $NANOCHAT_BASE_DIR/download.log)"
     while kill -0 "$(cat "$STAGES/download.pid")" 2>/dev/null; do sleep 5; done
   fi
-  if [ "$CORPUS" = fineweb-edu ] && [ "$NGPU" -gt 0 ]; then "$PY" -m nanochat.dataset -n "${NUM_SHARDS:-240}"; fi
+  if [ "$CORPUS" = fineweb-edu ] && [ "$NGPU" -gt 0 ]; then "$PY" -m nanochat.dataset -n "$NUM_SHARDS"; fi
   rm -f "$STAGES/download.pid"
 }
 run_stage shards shards
@@ -162,4 +231,9 @@ echo
 echo "== report ($(date +%H:%M:%S)) =="
 "$PY" -m nanochat.report generate
 echo "artifacts in $NANOCHAT_BASE_DIR; report: $NANOCHAT_BASE_DIR/report/report.md (copied to ./report.md)"
-echo "talk to it: $PY -m scripts.chat_cli -p 'Why is the sky blue?'   or in a browser: $PY -m scripts.chat_web"
+echo "talk to it: $PY -m scripts.chat_cli -p 'Why is the sky blue?'"
+if [ -n "${RUNPOD_POD_ID:-}" ]; then
+  echo "in a browser: $PY -m scripts.chat_web, then open https://$RUNPOD_POD_ID-8000.proxy.runpod.net/ (the pod must expose HTTP port 8000: Connect -> HTTP Service [8000])"
+else
+  echo "in a browser: $PY -m scripts.chat_web, then open http://127.0.0.1:8000/ (from another computer: ssh -L 8000:127.0.0.1:8000 this-machine)"
+fi

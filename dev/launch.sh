@@ -1,34 +1,58 @@
 #!/usr/bin/env bash
 # Launch one phase of the pipeline (scripts/<name>.py) with checks first, in the background, with logs.
 #
+#   bash dev/launch.sh                               # = base_train --test: 10 steps in the background
 #   bash dev/launch.sh base_train --test             # 10 steps on every visible GPU: does the setup work?
 #   bash dev/launch.sh base_train --train --depth=20 # the real run (resumes from its latest checkpoint)
-#   bash dev/launch.sh base_train --dry-run          # checks, exact command and resolved config; runs nothing
+#   bash dev/launch.sh base_train --train --dry-run  # checks, exact command and resolved config; runs nothing
 #   bash dev/launch.sh chat_sft --train --gpus 4 --foreground
+#   bash dev/launch.sh --train --batch-size 8 --max-steps 500   # seed-style spellings, see below
 #   bash dev/launch.sh status                        # every run: running / finished / stopped / failed
 #   bash dev/launch.sh stop [RUN] [--timeout=S]      # SIGTERM: finish the step, save a checkpoint, exit
 #
+# The script name may be left out: base_train. The mode is --test unless --train is given.
 # --test     a short run (--num_iterations=10, small evaluations; only options the script has) under
 #            a scratch NANOCHAT_BASE_DIR in the run's log folder that links your tokenizer, data and
 #            earlier checkpoints: your checkpoints and report are never touched; its checkpoint is
 #            deleted when it ends.
-# --train    the real run; adds --resume=auto (pass --resume= to start fresh).
-# --dry-run  print what would run (with --test or --train; alone it means --train).
-# --gpus N   processes, one per GPU (default: every visible GPU); 0 = one CPU process. N > 1 uses torchrun.
-# --name RUN (default <script>_<date>_<time>), --foreground (stay attached; Ctrl-C stops like `stop`),
-# --force (launch although a check failed). Any other --key=value, or all after --, goes to the script.
+# --train    the real run; adds --resume=auto (pass --resume=none to start fresh).
+# --dry-run  print the checks, the command and the resolved config; run nothing.
+# --gpus N   processes, one per GPU (default: every GPU CUDA_VISIBLE_DEVICES leaves visible); 0 = one
+#            CPU process. N > 1 uses torchrun.
+# --name RUN (default <script>_<date>_<time>), --foreground (stay attached; Ctrl-C stops like `stop`;
+# by default the run goes to the background and its first 5 s of log are shown), --verbose (the
+# resolved config before launching, 30 s of log), --logs-dir DIR (run folders, default
+# $NANOCHAT_BASE_DIR/logs), --force (launch although a check failed). Any other --key=value or
+# --key value, or all after --, goes to the script.
+#
+# Spellings of Hugging Face Trainer-style launchers (values after a space or '='):
+#   --max-steps N        --num_iterations=N       --batch-size N   --device_batch_size=N (per GPU)
+#   --max-seq-length N   --max_seq_len=N          --save-steps N   --save_every=N
+#   --fp16 / --fp32      --dtype=fp16 / fp32      --no-compile     --compile=false
+#   --num-gpus N         --gpus N                 --no-save-initial  --save_initial=false
+#   --dataset-path P     --corpus=P (base_train, base_loss, tok_train)
+#   --output-dir D       NANOCHAT_BASE_DIR=D: everything of a run lives there (tokenizer, data,
+#                        checkpoints, logs), so a new D needs its own tokenizer and data
+#   --learning-rate X    refused: there is no single learning rate here. Muon trains the matrices
+#                        (--matrix_lr), AdamW the embedding and head (--embedding_lr, --unembedding_lr),
+#                        each scaled by width, and the chat phases take a fraction (--init_lr_frac);
+#                        mapping one number onto one of them would change what it means.
 #
 # Logs: $NANOCHAT_BASE_DIR/logs/<run>/: console.log (everything), rank<N>/stdout.log + stderr.log per
 # rank (torchrun) or rank0.log (one process), command.txt, config.txt, pid, child.pid, exit_code.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BASE="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
-BASE="${BASE/#\~/$HOME}"
-BASE="${BASE%/}"
-case "$BASE" in /*) ;; *) BASE="$PWD/$BASE" ;; esac
+CALLER_PWD=$PWD
+abs_path() {  # a path as typed by the caller (~, relative to where they ran this) -> absolute
+  local p=${1/#\~/$HOME}
+  [ "$p" = / ] || p=${p%/}
+  case "$p" in /*) echo "$p" ;; *) echo "$CALLER_PWD/$p" ;; esac
+}
+BASE=$(abs_path "${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}")
 cd "$REPO"  # scripts run as `python -m scripts.<name>` from the repository root
 LOGS="$BASE/logs"
+LOGS_SET=0
 if [ -n "${NANOCHAT_PYTHON:-}" ]; then PY=$NANOCHAT_PYTHON
 elif [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"
 else PY=$(command -v python3 || echo python3)
@@ -55,17 +79,8 @@ meta_get() { grep -m1 "^$2=" "$1/meta" 2>/dev/null | cut -d= -f2- || true; }
 children_of() { ps -A -o pid=,ppid= 2>/dev/null | awk -v p="$1" '$2 == p {print $1}'; }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
-visible_gpus() {
-  if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
-    if [ -z "$CUDA_VISIBLE_DEVICES" ] || [ "$CUDA_VISIBLE_DEVICES" = "-1" ]; then echo 0; else
-      tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c . || true
-    fi
-  elif command -v nvidia-smi >/dev/null 2>&1; then
-    { nvidia-smi -L 2>/dev/null || true; } | grep -c '^GPU ' || true
-  else
-    echo 0
-  fi
-}
+# shellcheck source=dev/gpus.sh
+source "$REPO/dev/gpus.sh"
 
 # ------------------------------------------------------------------------------------------------
 # Runs: a folder per run under $LOGS; the state comes from child.pid (alive?) and exit_code
@@ -303,6 +318,20 @@ if script != "tok_train":
         line("OK", "tokenizer", tok)
     else:
         line("FAIL", "tokenizer", f"none at {tok}: train it with python -m scripts.tok_train (or bash dev/launch.sh tok_train --train)")
+run_name = getattr(opts, "run", None) if opts is not None else None
+if run_name not in (None, "", "dummy", "none"):
+    import importlib.util
+    netrc = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun")
+    if not has_key and os.path.isfile(netrc):
+        with open(netrc, errors="replace") as f:
+            has_key = "api.wandb.ai" in f.read()
+    if importlib.util.find_spec("wandb") is None:
+        line("FAIL", "wandb", f"--run={run_name} logs to wandb, which is not installed: uv pip install -e '.[wandb]' (or --run=dummy)")
+    elif not has_key:
+        line("FAIL", "wandb", f"--run={run_name} but wandb has no API key: wandb login (or export WANDB_API_KEY=..., or WANDB_MODE=offline)")
+    else:
+        line("OK", "wandb", f"logs to run {run_name}")
 source = getattr(opts, "source", None) if opts is not None else None
 corpus = getattr(opts, "corpus", None) if opts is not None else None
 try:
@@ -358,29 +387,59 @@ cmd_launch() {
   shift
   [[ $script =~ ^[A-Za-z0-9_]+$ ]] && [ -f "scripts/$script.py" ] || {
     echo "error: no script scripts/$script.py; scripts: $(available_scripts)" >&2; exit 2; }
-  local mode="" dry=0 gpus="" name="" fg=0 force=0 pass=()
+  local mode="" dry=0 gpus="" name="" fg=0 force=0 verbose=0 pass=() mapped=() key val
   while [ $# -gt 0 ]; do
-    case "$1" in
+    key=${1%%=*}
+    val=""
+    case "$key" in  # the options that take a value: after '=' or as the next argument
+      --gpus|--name|--max-steps|--batch-size|--learning-rate|--max-seq-length|--save-steps|--num-gpus|\
+      --dataset-path|--output-dir)
+        if [[ $1 == *=* ]]; then val=${1#*=}
+        else
+          [ $# -ge 2 ] || { echo "error: $key needs a value: $key VALUE" >&2; exit 2; }
+          val=$2
+          shift
+        fi ;;
+    esac
+    case "$key" in
       --test) [ "$mode" != train ] || die "--test and --train exclude each other"; mode="test" ;;
       --train) [ "$mode" != test ] || die "--test and --train exclude each other"; mode=train ;;
       --dry-run) dry=1 ;;
-      --gpus=*) gpus=${1#*=} ;;
-      --gpus) gpus=${2:-}; shift ;;
-      --name=*) name=${1#*=} ;;
-      --name) name=${2:-}; shift ;;
+      --gpus|--num-gpus) gpus=$val ;;
+      --name) name=$val ;;
       --foreground) fg=1 ;;
       --force) force=1 ;;
+      --verbose) verbose=1 ;;
+      --max-steps) pass+=("--num_iterations=$val") ;;
+      --batch-size) pass+=("--device_batch_size=$val") ;;
+      --max-seq-length) pass+=("--max_seq_len=$val") ;;
+      --save-steps) pass+=("--save_every=$val") ;;
+      --fp16) pass+=(--dtype=fp16) ;;
+      --fp32) pass+=(--dtype=fp32) ;;
+      --no-compile) pass+=(--compile=false) ;;
+      --no-save-initial) pass+=(--save_initial=false) ;;
+      --dataset-path) pass+=("--corpus=$(abs_path "$val")") ;;
+      --output-dir) BASE=$(abs_path "$val"); [ "$LOGS_SET" = 1 ] || LOGS="$BASE/logs" ;;
+      --learning-rate)
+        echo "error: --learning-rate: there is no single learning rate here: set --matrix_lr (Muon, block matrices), --embedding_lr, --unembedding_lr (AdamW), or --init_lr_frac for the chat phases (see bash dev/launch.sh --help)" >&2
+        exit 2 ;;
       --) shift; pass+=("$@"); break ;;
-      --?*) pass+=("$1") ;;
+      --?*)
+        if [[ $1 != *=* ]] && [ $# -ge 2 ] && [[ $2 != -* ]]; then pass+=("$1=$2"); shift  # --key value
+        else pass+=("$1")
+        fi ;;
       *) echo "error: unexpected argument '$1': options for the script are written --key=value" >&2; exit 2 ;;
+    esac
+    case "$key" in
+      --max-steps|--batch-size|--max-seq-length|--save-steps|--fp16|--fp32|--no-compile|--no-save-initial|--dataset-path)
+        mapped+=("$key${val:+ $val} -> ${pass[${#pass[@]}-1]}") ;;
+      --num-gpus) mapped+=("$key $val -> --gpus $val") ;;
+      --output-dir) mapped+=("$key $val -> NANOCHAT_BASE_DIR=$BASE") ;;
     esac
     shift
   done
-  if [ -z "$mode" ]; then
-    [ "$dry" = 1 ] || { echo "error: say what to run: --test (10 steps), --train (the real run), or --dry-run to see it" >&2; exit 2; }
-    mode=train
-  fi
-  [ -n "$gpus" ] || gpus=$(visible_gpus)
+  [ -n "$mode" ] || mode="test"  # as the launchers people come from: a test unless --train is said
+  [ -n "$gpus" ] || gpus=$(visible_gpu_count)
   [[ $gpus =~ ^[0-9]+$ ]] || die "--gpus must be a number (0 = CPU), got '$gpus'"
   gpus=$((10#$gpus))
 
@@ -452,12 +511,16 @@ cmd_launch() {
   shown=${shown% }
 
   echo "run:     $run ($script --$mode, $([ "$gpus" = 0 ] && echo "CPU" || echo "$gpus GPU(s)"))"
+  local m
+  for m in "${mapped[@]}"; do echo "option:  $m"; done
   echo "command: (from $REPO)"
   echo "  $shown"
   [ "$mode" != test ] || echo "scratch base dir: $dir/base (links your tokenizer, data and checkpoints; yours stay untouched)"
   echo "logs:    $dir/"
-  if [ "$dry" = 1 ]; then
+  if [ "$dry" = 1 ] || [ "$verbose" = 1 ]; then
     if [ -f "$work/config" ]; then echo "config:"; sed 's/^/  /' "$work/config"; fi
+  fi
+  if [ "$dry" = 1 ]; then
     if [ "$fails" = 1 ]; then echo "dry run: nothing started; some checks FAILED: fix them before launching"; else echo "dry run: nothing started; all checks passed"; fi
     return 0
   fi
@@ -496,18 +559,41 @@ cmd_launch() {
   fi
   echo "  status:  bash dev/launch.sh status"
   echo "  stop:    bash dev/launch.sh stop $run   (saves a checkpoint first)"
+  # the first seconds of the log, as a launcher shows them: a start that fails at once is seen at once
+  local show=5
+  [ "$verbose" = 0 ] || show=30
+  echo "log, first ${show}s:"
+  echo "----------------------------------------"
+  timeout "$show" tail -n +1 -f --pid="$(cat "$dir/child.pid" 2>/dev/null || echo $$)" "$dir/console.log" || true
+  echo "----------------------------------------"
+  if alive "$(cat "$dir/child.pid" 2>/dev/null || true)"; then echo "still running in the background: $follow"
+  else echo "run $run: $(run_state "$dir")"
+  fi
 }
 
 main() {
+  local args=() a
+  while [ $# -gt 0 ]; do  # --logs-dir DIR applies to every command
+    case "$1" in
+      --logs-dir=*) LOGS=$(abs_path "${1#*=}"); LOGS_SET=1 ;;
+      --logs-dir) [ $# -ge 2 ] || { echo "error: --logs-dir needs a value: --logs-dir DIR" >&2; exit 2; }
+                  LOGS=$(abs_path "$2"); LOGS_SET=1; shift ;;
+      --) args+=("$@"); break ;;
+      *) args+=("$1") ;;
+    esac
+    shift
+  done
+  set -- "${args[@]}"
+  for a in "$@"; do case "$a" in -h|--help) usage; return 0 ;; --) break ;; esac; done
   local what=${1:-}
   [ $# -gt 0 ] && shift
   case "$what" in
     status) cmd_status "$@" ;;
     stop) cmd_stop "$@" ;;
     __run) supervise "$1" 0 ;;
-    -h|--help|help) usage ;;
-    "") usage >&2; exit 2 ;;
-    -*) echo "error: the first argument is a script name (like base_train), status or stop" >&2; usage >&2; exit 2 ;;
+    help) usage ;;
+    "") cmd_launch base_train --test ;;  # as seed launchers do: a short test run in the background
+    -*) cmd_launch base_train "$what" "$@" ;;  # options alone: base_train
     *) cmd_launch "$what" "$@" ;;
   esac
 }

@@ -366,7 +366,7 @@ def compute_init(device_type: str | None = None, seed: int = 42, dtype: str | No
 def compute_cleanup() -> None:
     import torch
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if dist_initialized():
         torch.distributed.destroy_process_group()
 
 

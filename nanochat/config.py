@@ -41,6 +41,18 @@ HINTS: dict[str, str] = {
     "lr": "learning rates are per parameter group: --matrix_lr, --embedding_lr, --unembedding_lr",
     "learning_rate": "learning rates are per parameter group: --matrix_lr, --embedding_lr, --unembedding_lr",
     "device": "the option is --device_type (cuda|mps|cpu, empty = auto)",
+    # the names of Hugging Face Trainer-style launchers (and their dashed spellings, read as underscores)
+    "max_steps": "the number of optimizer steps is --num_iterations",
+    "save_steps": "steps between checkpoints are --save_every",
+    "max_seq_length": "the context length is --max_seq_len",
+    "per_device_train_batch_size": "use --device_batch_size (per GPU) and --total_batch_size (tokens per optimizer step)",
+    "fp16": "precision is --dtype (bf16|fp16|fp32)",
+    "fp32": "precision is --dtype (bf16|fp16|fp32)",
+    "bf16": "precision is --dtype (bf16|fp16|fp32)",
+    "no_compile": "use --compile=false",
+    "output_dir": "checkpoints go under $NANOCHAT_BASE_DIR (see --model_tag); export NANOCHAT_BASE_DIR=DIR",
+    "dataset_path": "the pretraining text is --corpus (a corpus name or a folder of shards)",
+    "num_gpus": "one process per GPU: torchrun --nproc_per_node=N (or bash dev/launch.sh SCRIPT --gpus N)",
 }
 
 

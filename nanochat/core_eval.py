@@ -55,7 +55,7 @@ from nanochat.download import DownloadError, download_file
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 DEFAULT_DELIMITER = " "
 FEWSHOT_SEED = 1234  # row i draws its examples with Random(FEWSHOT_SEED + i), as DCLM's harness and nanochat do
-SHUFFLE_SEED = 1337  # rows are shuffled once, so max_per_task takes a random subset, not the file's first rows
+SHUFFLE_SEED = 1337  # rows are shuffled once, so --max_problems takes a random subset, not the file's first rows
 # Cap on B x T x V per forward: the logits a model other than our GPT materialises (4 GiB fp32; GPT
 # computes the continuation positions' only, see logits_at). At vocabulary 65,536 a batch holds at
 # most 16,384 padded positions, so long prompts go a few to a batch and short ones up to batch_size.

@@ -329,7 +329,7 @@ def _exclusive(directory: Path):
 
 def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int | None = None, *, workers: int = 4,
              verify: bool = False, retries: int = 5, endpoint: str | None = None,
-             max_chars: int | None = None, shard_chars: int = SHARD_CHARS) -> list[Path]:
+             max_chars: int | None = None, shard_chars: int = SHARD_CHARS, text_field: str | None = None) -> list[Path]:
     """Fetch the first `num_shards` training shards (None = all, 0 = none) and the validation shard.
 
     Returns the shard paths, training first, validation last. Shards already complete are skipped;
@@ -355,7 +355,7 @@ def download(source: str | DataSource = DEFAULT_SOURCE, num_shards: int | None =
         if src.kind in ("embedded", "jsonl"):
             from nanochat.local_corpus import build_local_corpus  # it imports this module
 
-            return build_local_corpus(src, out, num_shards, max_chars, shard_chars)
+            return build_local_corpus(src, out, num_shards, max_chars, shard_chars, text_field)
         return _fetch(src, out, num_shards, workers, verify, retries, endpoint or hf_endpoint())
 
 
@@ -519,6 +519,7 @@ class Options:
     retries: int = 5  # extra attempts per file after a network error or a bad file
     max_chars: int | None = None  # embedded corpora: characters of training text to keep (None = all)
     shard_chars: int = SHARD_CHARS  # embedded corpora: characters of text per shard
+    text_field: str | None = None  # JSON-lines corpora: the field holding each document (None = $NANOCHAT_TEXT_FIELD or text)
 
     def __post_init__(self):
         if self.num_shards is not None and self.num_shards < 0:
@@ -535,7 +536,7 @@ def main(opts: Options) -> list[Path]:
     print0(format_config(opts))
     src = resolve_source(opts.corpus, name=opts.name, num_total_shards=opts.num_total_shards)
     paths = download(src, opts.num_shards, workers=opts.workers, verify=opts.verify, retries=opts.retries,
-                     max_chars=opts.max_chars, shard_chars=opts.shard_chars)
+                     max_chars=opts.max_chars, shard_chars=opts.shard_chars, text_field=opts.text_field)
     size = sum(p.stat().st_size for p in paths)
     print0(f"done: {len(paths) - 1} training shard(s) + validation {paths[-1].name} in {paths[-1].parent} "
            f"({size / 1e6:.1f} MB)")

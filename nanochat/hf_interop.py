@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from nanochat import atomic_dir
 from nanochat.gpt import GPTConfig
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -39,7 +40,7 @@ STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")  # where a reply ends (engine, ch
 
 # Parameter names: ours (per layer {i}) -> NanoChatForCausalLM's.
 _TOP = {"wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
-_LAYER = {
+LAYER_NAMES = {  # the same inside upstream's blocks (upstream_import.py)
     "attn.c_q.weight": "self_attn.q_proj.weight",
     "attn.c_k.weight": "self_attn.k_proj.weight",
     "attn.c_v.weight": "self_attn.v_proj.weight",
@@ -107,7 +108,7 @@ def from_hf_state(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str
 def _key_map(config: GPTConfig) -> dict[str, str]:
     names = dict(_TOP)
     for i in range(config.n_layer):
-        names.update({f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in _LAYER.items()})
+        names.update({f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in LAYER_NAMES.items()})
     return names
 
 
@@ -378,22 +379,17 @@ def write_hf_dir(out_dir: str | os.PathLike, model_state: dict[str, torch.Tensor
                                     "pad_token": "<|assistant_end|>"},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp")
+    temp = atomic_dir.temp_path(out)
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     try:
         save_file(to_hf_state(dict(model_state), config), str(temp / "model.safetensors"), metadata={"format": "pt"})
         for name, data in files.items():
-            (temp / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        (temp / "README.md").write_text(card, encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out, old)
-            os.rename(temp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(temp, out)
+            atomic_dir.write_bytes(temp / name, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
+        atomic_dir.write_bytes(temp / "README.md", card.encode())
+        if out.exists():  # an earlier export (checked above): it goes only once the new one is whole
+            atomic_dir.remove(out)
+        atomic_dir.install(temp, out)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return out

@@ -49,12 +49,13 @@ def _embedded_documents(name: str) -> tuple[list[str], list[str], dict]:
     return (*_hash_split(docs), provenance)
 
 
-def _jsonl_documents(src: DataSource) -> tuple[list[str], list[str], dict]:
+def _jsonl_documents(src: DataSource, text_field: str | None) -> tuple[list[str], list[str], dict]:
     """(train, validation, provenance) of a JSON-lines corpus; the whole text is held in memory."""
     from nanochat.text_sources import iter_texts, resolve_text_field
 
-    docs = list(iter_texts(src.folder))
-    return (*_hash_split(docs), {"builder": "nanochat.text_sources.iter_texts()", "text_field": resolve_text_field(),
+    docs = list(iter_texts(src.folder, text_field=text_field))
+    return (*_hash_split(docs), {"builder": "nanochat.text_sources.iter_texts()",
+                                 "text_field": resolve_text_field(text_field),
                                  "sources": [{"source": src.folder, "documents": len(docs)}]})
 
 
@@ -86,12 +87,12 @@ def _group_documents(docs: Iterable[str], max_chars: int | None, shard_chars: in
 
 
 def build_local_corpus(src: DataSource, out: Path, num_shards: int | None, max_chars: int | None,
-                    shard_chars: int) -> list[Path]:
+                       shard_chars: int, text_field: str | None = None) -> list[Path]:
     """Write the embedded corpus as shards. The validation shard's index follows the whole corpus,
     not -n, and the data dir ends up holding exactly this run's shards (stale ones are removed)."""
     if shard_chars < 1 or (max_chars is not None and max_chars < 1):
         raise DatasetError(f"--shard_chars and --max_chars must be >= 1, got {shard_chars}, {max_chars}")
-    train, val, provenance = _jsonl_documents(src) if src.kind == "jsonl" else _embedded_documents(src.name)
+    train, val, provenance = _jsonl_documents(src, text_field) if src.kind == "jsonl" else _embedded_documents(src.name)
     groups = _group_documents(train, max_chars, shard_chars)
     val = [d for d in val if d and d.strip()]
     if not groups or not val:

@@ -18,13 +18,14 @@ Phase = Literal["base", "mid", "sft", "rl"]
 class PhaseInfo:
     dirname: str  # folder under the base dir
     producer: str  # the script that writes it, named in "no checkpoint" errors
+    label: str  # what its checkpoint is called in messages ("train the SFT model first")
 
 
 PHASES: dict[str, PhaseInfo] = {
-    "base": PhaseInfo("base_checkpoints", "scripts.base_train"),
-    "mid": PhaseInfo("mid_checkpoints", "scripts.mid_train"),
-    "sft": PhaseInfo("chatsft_checkpoints", "scripts.chat_sft"),
-    "rl": PhaseInfo("chatrl_checkpoints", "scripts.chat_rl"),
+    "base": PhaseInfo("base_checkpoints", "scripts.base_train", "base model"),
+    "mid": PhaseInfo("mid_checkpoints", "scripts.mid_train", "midtrained model"),
+    "sft": PhaseInfo("chatsft_checkpoints", "scripts.chat_sft", "SFT model"),
+    "rl": PhaseInfo("chatrl_checkpoints", "scripts.chat_rl", "RL model"),
 }
 assert tuple(PHASES) == typing.get_args(Phase)
 

@@ -30,7 +30,11 @@ class RunLog:
         self.path = Path(metrics_path) if (metrics_path and enabled) else None
         self._wandb = None
         if enabled and wandb_run and wandb_run != "dummy":
-            import wandb
+            try:
+                import wandb
+            except ImportError:
+                raise ValueError(f"--run={wandb_run} logs to wandb, which is not installed: uv pip install -e '.[wandb]' "
+                                 "(or --run=dummy)") from None
 
             self._wandb = wandb.init(project=project, name=wandb_run, config=config or {}, resume="allow")
         if self.path is not None:

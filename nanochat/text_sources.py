@@ -126,7 +126,11 @@ def _embedded_texts(source: str) -> Iterator[str]:
     docs = embedded_corpus.korean_documents()
     if not docs:
         raise SourceError("embedded-ko needs the Korean texts of the konlpy wheel: uv pip install konlpy")
-    yield from docs
+    from nanochat.local_corpus import _hash_split
+
+    # its training side only, as for `embedded`: the held-out document is the one nanochat.dataset
+    # validates on and tok_eval measures as korean-heldout
+    yield from _hash_split(docs)[0]
 
 
 def iter_texts(source: str, *, max_chars: int | None = None, doc_cap: int | None = None,

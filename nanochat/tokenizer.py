@@ -53,6 +53,19 @@ logger = logging.getLogger(__name__)
 # nanochat.rustbpe.SPLIT_PATTERN (a test checks), so training and encoding chunk text the same way.
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 
+# For Korean runs: SPLIT_PATTERN, except that a run of Hangul and a run of other letters are separate
+# pieces. A Korean word (eojeol) stays one piece with its leading space and its particles ("학교에서"),
+# exactly as under SPLIT_PATTERN, but a Latin word followed by a particle is cut at the script change
+# (" Python으로" -> " Python", "으로"), so the English word reuses the tokens learned from English
+# text and the particle those learned from Korean. `[^\P{L}\p{Hangul}]` = a letter not of the Hangul
+# script. Cutting particles off Hangul words, or Hangul into single syllables, was measured and
+# compresses held-out Korean worse (dev/bench_tokenizer_ko.py, dev/BENCHMARKS.md). Not one of the
+# Rust scanner's patterns: the trainer runs it through fancy-regex.
+KOREAN_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{Hangul}+|[^\r\n\p{L}\p{N}]?+[^\P{L}\p{Hangul}]+"""
+    r"""|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
+PATTERNS = {"default": SPLIT_PATTERN, "korean": KOREAN_SPLIT_PATTERN}  # tok_train --pattern
+
 SPECIAL_TOKENS = [
     "<|bos|>",  # starts every document and every conversation
     "<|user_start|>",

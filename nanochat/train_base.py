@@ -31,7 +31,7 @@ class BaseOptions(TrainOptions):
     target_param_data_ratio: float | None = 20.0  # tokens per parameter (Chinchilla)
     warmup_ratio: float = 0.0  # fraction of steps of linear LR warmup
     # evaluation, samples
-    eval_tokens: int = 10 * 524288  # validation tokens per evaluation
+    eval_tokens: int | None = None  # validation tokens per evaluation (None = 5% of the run's tokens, 32K..5.2M)
     sample_every: int | None = 2000  # steps between printed samples (None = never)
     save_initial: bool = False  # also save the freshly initialised model (step 0)
 
@@ -103,6 +103,7 @@ def train_base(opts: BaseOptions) -> dict:
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.hardware import mfu, peak_flops
     from nanochat.loss_eval import evaluate_bpb
+    from nanochat.plan import default_eval_tokens, evaluation_count
     from nanochat.report import SECTION_BASE_TRAIN
     from nanochat.run_log import train_line
     from nanochat.schedule import lr_multiplier, muon_momentum
@@ -137,6 +138,13 @@ def train_base(opts: BaseOptions) -> dict:
     run = start_run(opts, compute, phase="base", tag=tag, model=model, loader=loader, num_iterations=num_iterations)
     token_bytes = torch.tensor(tokenizer.token_bytes_lengths(), dtype=torch.long, device=device)
     peak = peak_flops(compute.device_type, device)
+    eval_tokens = opts.eval_tokens or default_eval_tokens(num_iterations * total_batch,
+                                                         evaluation_count(num_iterations, opts.eval_every))
+    eval_steps = max(1, eval_tokens // (opts.device_batch_size * opts.max_seq_len * info.world_size))
+    if opts.eval_every is not None:
+        print0(f"validation: {eval_steps * opts.device_batch_size * opts.max_seq_len * info.world_size:,} tokens "
+               f"per evaluation{'' if opts.eval_tokens else ' (--eval_tokens=none: sized to the run)'}")
+
     micro, backoffs, inject = B, [], OOMInjector()
 
     def on_backoff(step: int, new_micro: int) -> None:
@@ -165,7 +173,7 @@ def train_base(opts: BaseOptions) -> dict:
         last = step == num_iterations
         stopping = run.stop.requested(device)  # a stop skips the evaluation: it should be quick
         if due(opts.eval_every, step, last) and not stopping:
-            eval_steps = max(1, opts.eval_tokens // (micro * opts.max_seq_len * info.world_size))
+            eval_steps = max(1, eval_tokens // (micro * opts.max_seq_len * info.world_size))  # after a back-off too
             with TokenLoader(val_shards, tokenizer, micro, opts.max_seq_len, device=device,
                              loop=False) as val_loader:
                 val_bpb = evaluate_bpb(run.fwd, val_loader, eval_steps, token_bytes, run.amp())

@@ -26,7 +26,6 @@ from nanochat.common import print0
 from nanochat.training import TrainOptions, due
 
 SAMPLE_QUESTIONS = ("Hello! Who are you?", "What is 123 times 45?")
-PREVIOUS = {"base": "base model", "mid": "midtrained model", "sft": "SFT model"}
 
 
 @dataclass
@@ -101,7 +100,7 @@ def load_previous(opts: FinetuneOptions, device):
     from nanochat import checkpoint as ckpt
     from nanochat.common import get_base_dir
 
-    label = PREVIOUS[opts.source]
+    label = ckpt.PHASES[opts.source].label
     try:
         src_dir = ckpt.checkpoint_dir(opts.source, opts.model_tag)
         steps = ckpt.list_checkpoints(src_dir)
@@ -139,6 +138,7 @@ class Batching:
     """How a chat phase turns conversations into optimizer steps: the one thing mid and SFT differ by."""
 
     phase: Literal["mid", "sft"]
+    section: str  # its report section
     make_loader: Callable  # (task, loop: bool) -> a loader of (inputs, targets) with state_dict/epochs
     grad_accum: int  # micro-batches per optimizer step on each rank
     num_iterations: int | None  # None: one pass over the data, the LR following the fraction read
@@ -147,9 +147,10 @@ class Batching:
     describe: str  # one line for the log
 
 
-def packed_batching(opts: MidOptions, tokenizer, T: int, world_size: int, device) -> Batching:
+def packed_batching(opts: MidOptions, tokenizer, T: int, world_size: int, device, num_conversations: int) -> Batching:
     """Midtraining: rendered conversations as one stream cut into full (B, T) rows."""
     from nanochat.chat_data import PackedChatLoader
+    from nanochat.report import SECTION_MID_TRAIN
 
     per_pass = opts.device_batch_size * T * world_size
     total = per_pass if opts.total_batch_size is None else opts.total_batch_size
@@ -158,7 +159,7 @@ def packed_batching(opts: MidOptions, tokenizer, T: int, world_size: int, device
                          f"processes = {per_pass}; change one of them")
     grad_accum = total // per_pass
     n = opts.num_iterations
-    return Batching("mid", lambda task, loop: PackedChatLoader(task, tokenizer, opts.device_batch_size, T,
+    return Batching("mid", SECTION_MID_TRAIN, lambda task, loop: PackedChatLoader(task, tokenizer, opts.device_batch_size, T,
                                                                device=device, loop=loop),
                     grad_accum, n, token_mean=False, dynamic=False,
                     describe=f"{total:,} tokens/step = {opts.device_batch_size} x {T} x {world_size} processes x "
@@ -168,6 +169,7 @@ def packed_batching(opts: MidOptions, tokenizer, T: int, world_size: int, device
 def padded_batching(opts: SFTOptions, tokenizer, T: int, world_size: int, device, num_conversations: int) -> Batching:
     """SFT: whole conversations padded to the batch's longest."""
     from nanochat.chat_data import PaddedChatLoader
+    from nanochat.report import SECTION_CHAT_SFT
 
     per_pass = opts.device_batch_size * world_size
     if opts.target_examples_per_step % per_pass:
@@ -175,7 +177,7 @@ def padded_batching(opts: SFTOptions, tokenizer, T: int, world_size: int, device
                          f"device_batch_size x processes = {per_pass}; change one of them")
     grad_accum = opts.target_examples_per_step // per_pass
     n = opts.num_iterations or max(1, int(opts.num_epochs * num_conversations) // opts.target_examples_per_step)
-    return Batching("sft", lambda task, loop: PaddedChatLoader(task, tokenizer, opts.device_batch_size, T,
+    return Batching("sft", SECTION_CHAT_SFT, lambda task, loop: PaddedChatLoader(task, tokenizer, opts.device_batch_size, T,
                                                                device=device, loop=loop,
                                                                pad_multiple=opts.pad_multiple),
                     grad_accum, n, token_mean=True, dynamic=True,
@@ -198,8 +200,9 @@ def auto_device_batch(opts: ChatOptions, compute, model, T: int) -> int:
     return batch_fit.auto_device_batch(compute, model, T, rows, non_cuda=non_cuda)
 
 
-def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "") -> dict:
-    """Run midtraining (MidOptions) or SFT (SFTOptions) on these conversations; returns a summary.
+def train_chat(opts: ChatOptions, train_tasks, val_tasks, make_batching: Callable[..., Batching], *,
+               task_names: str = "") -> dict:
+    """Run midtraining (packed_batching) or SFT (padded_batching) on these conversations; returns a summary.
 
     train_tasks / val_tasks: sliceable sequences of conversations (tasks.common.Task and mixtures).
     """
@@ -213,7 +216,6 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
     from nanochat.common import dist_initialized
     from nanochat.hardware import mfu, peak_flops
     from nanochat.loss_eval import evaluate_loss
-    from nanochat.report import SECTION_CHAT_SFT, SECTION_MID_TRAIN
     from nanochat.run_log import train_line
     from nanochat.schedule import hold_then_decay, lr_multiplier, muon_momentum
     from nanochat.training import begin, global_sum, start_run
@@ -224,10 +226,7 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
     print0(f"train: {len(train_tasks):,} conversations, validation: {len(val_tasks):,}")
     if opts.device_batch_size is None:
         opts = dataclasses.replace(opts, device_batch_size=auto_device_batch(opts, compute, model, T))
-    if isinstance(opts, SFTOptions):
-        batching = padded_batching(opts, tokenizer, T, ws, device, len(train_tasks))
-    else:
-        batching = packed_batching(opts, tokenizer, T, ws, device)
+    batching = make_batching(opts, tokenizer, T, ws, device, len(train_tasks))
     print0(f"batch: {batching.describe}")
     num_iterations = batching.num_iterations
 
@@ -318,9 +317,9 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
         dt = time.perf_counter() - t0
         tok_per_s = positions.item() / dt
         step_mfu = mfu(flops_per_token, tok_per_s, peak, ws)
-        extra = {"padding_efficiency": loader.efficiency} if batching.phase == "sft" else {}
+        # padded batches know their padding efficiency; None (packed rows) is left out of the log
         smoothed = run.end_step(step, train_loss, dt, lrm=lrm, grad_norm=grad_norm, tok_per_s=tok_per_s,
-                                mfu=step_mfu, epochs=loader.epochs, **extra)
+                                mfu=step_mfu, epochs=loader.epochs, padding_efficiency=getattr(loader, "efficiency", None))
         # ETA of a one-pass run from this rank's progress: no collective just for a log line
         total_steps = num_iterations or max(run.loop.step, round(run.loop.step / max(loader.epochs, 1e-9)))
         print0(train_line(run.loop.step, total_steps, smoothed, lrm, grad_norm, dt, tok_per_s, step_mfu,
@@ -330,10 +329,9 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, *, task_names: str = "
         _print_samples(model, tokenizer, run.amp())
     summary = {"val_loss": val_loss, "min_val_loss": run.loop.min_val, "epochs": round(loader.epochs, 4),
                "checkpoint": str(run.out_dir), "device_batch_size_final": micro, "oom_backoffs": backoffs}
-    if batching.phase == "sft":
+    if hasattr(loader, "efficiency"):
         summary["padding_efficiency"] = round(loader.efficiency, 4)
-    section = SECTION_MID_TRAIN if batching.phase == "mid" else SECTION_CHAT_SFT
-    return run.finish(section, {"source": f"{opts.source}/{tag}", "tasks": task_names,
+    return run.finish(batching.section, {"source": f"{opts.source}/{tag}", "tasks": task_names,
                                 "conversations": len(train_tasks), "num_iterations": num_iterations or "one pass"},
                       summary)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from nanochat.gpt import GPTConfig
-from nanochat.hf_interop import FormatError, from_hf_state
+from nanochat.hf_interop import LAYER_NAMES, FormatError, from_hf_state
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 UPSTREAM_SOFTCAP = 15.0  # upstream's forward: softcap * tanh(logits / softcap), softcap = 15
@@ -37,14 +37,6 @@ UPSTREAM_ROPE_BASE = 10000.0
 _MODEL_RE = re.compile(r"^model_(\d+)\.pt$")
 _CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 _TOP = {"transformer.wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
-_LAYER = {
-    "attn.c_q.weight": "self_attn.q_proj.weight",
-    "attn.c_k.weight": "self_attn.k_proj.weight",
-    "attn.c_v.weight": "self_attn.v_proj.weight",
-    "attn.c_proj.weight": "self_attn.o_proj.weight",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +159,7 @@ def upstream_to_hf_names(state: dict[str, torch.Tensor], config: GPTConfig) -> d
     vocab_size are never produced nor read, so they are dropped."""
     names = dict(_TOP)
     for i in range(config.n_layer):
-        names.update({f"transformer.h.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in _LAYER.items()})
+        names.update({f"transformer.h.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in LAYER_NAMES.items()})
     plain = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
     extra = sorted(set(plain) - set(names))
     missing = sorted(set(names) - set(plain))

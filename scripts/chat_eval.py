@@ -23,11 +23,6 @@ from nanochat.common import DeviceType, DType, print0, run_main, setup_logging
 from nanochat.config import format_config, parse_args
 from nanochat.report import CHAT_EVAL_SECTIONS, log_section
 
-# SpellingBee is generated, not downloaded: a fixed size and a seed of its own, so every run scores
-# the same problems and they are not the ones a default-seeded training mixture (seed 0) drew.
-SPELLING_SIZE = 256
-SPELLING_SEED = 1000
-
 
 @dataclass
 class Options:
@@ -86,29 +81,16 @@ DATA = {
 }
 
 
+# each task's name in tasks/mixtures.py, whose "test" split is what this script scores
+REGISTRY_NAME = {"ARC-Easy": "arc-easy", "ARC-Challenge": "arc-challenge", "MMLU": "mmlu", "GSM8K": "gsm8k",
+                 "HumanEval": "humaneval", "SpellingBee": "spellingbee"}
+
+
 def load_task(name: str):
     """The task's test set; FileNotFoundError (from tasks.sources.require) when its data is missing."""
-    if name in ("ARC-Easy", "ARC-Challenge"):
-        from tasks.arc import ARC
+    from tasks.mixtures import build_task
 
-        return ARC(name, "test")
-    if name == "MMLU":
-        from tasks.mmlu import MMLU
-
-        return MMLU("all", "test")
-    if name == "GSM8K":
-        from tasks.gsm8k import load_gsm8k
-
-        return load_gsm8k("test")
-    if name == "HumanEval":
-        from tasks.humaneval import HumanEval
-
-        return HumanEval()
-    if name == "SpellingBee":
-        from tasks.spelling import SpellingBee
-
-        return SpellingBee(size=SPELLING_SIZE, seed=SPELLING_SEED, split="eval")  # words training never saw
-    raise ValueError(f"unknown task {name!r}")
+    return build_task(REGISTRY_NAME[name], "test")
 
 
 def unavailable_reason(name: str) -> str:

@@ -20,13 +20,12 @@ from nanochat.train_rl import RLOptions, train_rl
 def main(opts: RLOptions) -> dict:
     """GSM8K (train / test), or with --offline generated arithmetic problems; missing GSM8K fails at
     once with the command that fetches it."""
-    if opts.offline:
-        from tasks.arithmetic import Arithmetic
+    from tasks.mixtures import build_task
 
-        return train_rl(opts, Arithmetic(size=1000, seed=0), Arithmetic(size=1000, seed=1), task_name="arithmetic")
-    from tasks.gsm8k import load_gsm8k
-
-    return train_rl(opts, load_gsm8k("train"), load_gsm8k("test"), task_name="GSM8K")
+    if opts.offline:  # the first thousand training problems: a run of a few hundred steps sees each often
+        return train_rl(opts, build_task("arithmetic", "train")[:1000], build_task("arithmetic", "test"),
+                        task_name="arithmetic")
+    return train_rl(opts, build_task("gsm8k", "train"), build_task("gsm8k", "test"), task_name="GSM8K")
 
 
 if __name__ == "__main__":

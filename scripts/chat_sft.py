@@ -15,13 +15,13 @@ Checkpoints: $NANOCHAT_BASE_DIR/chatsft_checkpoints/<tag>/.
 
 from nanochat.common import run_main, setup_logging
 from nanochat.config import parse_args
-from nanochat.train_chat import SFTOptions, train_chat
+from nanochat.train_chat import SFTOptions, padded_batching, train_chat
 from tasks.mixtures import chat_mixture
 
 
 def main(opts: SFTOptions) -> dict:
     train, val, spec = chat_mixture(opts, "sft")
-    return train_chat(opts, train, val, task_names=spec)
+    return train_chat(opts, train, val, padded_batching, task_names=spec)
 
 
 if __name__ == "__main__":

@@ -84,4 +84,4 @@ def main(opts: Options) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, parse_args(Options, description=__doc__), errors=(FileNotFoundError, ValueError, FileExistsError))
+    run_main(main, parse_args(Options, prog="python -m scripts.export_hf", description=__doc__), errors=(FileNotFoundError, ValueError, FileExistsError))

@@ -140,4 +140,4 @@ def main(opts: Options) -> None:
 
 if __name__ == "__main__":
     argv = split_positional(sys.argv[1:])
-    run_main(main, parse_args(Options, argv, description=__doc__))
+    run_main(main, parse_args(Options, argv, prog="python -m scripts.import_checkpoint FROM", description=__doc__))

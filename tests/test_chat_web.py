@@ -7,6 +7,7 @@ a scripted engine where they need exact tokens or a worker that stays busy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -43,23 +44,22 @@ def sse_data(text: str) -> list[str]:
     return events
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """Base URL of `python -m scripts.chat_web` serving a tiny checkpoint on a free port."""
-    base = tmp_path_factory.mktemp("chat_web_base")
-    make_tiny_checkpoint(base, "sft")
+@contextlib.contextmanager
+def chat_web_process(base, args: list[str], *, env: dict | None = None, preexec_fn=None):
+    """(url, pid) of `python -m scripts.chat_web ARGS` on a free port, once /health answers; its
+    output goes to base/server.log; terminated at the end."""
     port = free_port()
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.chat_web", f"--port={port}", "--device_type=cpu",
-         f"--num_workers={N_WORKERS}", "--max_new_tokens=16", "--queue_timeout=20"],
-        cwd=REPO_ROOT, env=subprocess_env(NANOCHAT_BASE_DIR=str(base)), stdout=log, stderr=subprocess.STDOUT)
+    log_path = base / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", f"--port={port}", *args], cwd=REPO_ROOT,
+                            env=subprocess_env(NANOCHAT_BASE_DIR=str(base), **(env or {})), stdout=log,
+                            stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(base / 'server.log').read_text()}")
+                raise RuntimeError(f"server exited: {log_path.read_text()}")
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
@@ -68,7 +68,7 @@ def server(tmp_path_factory):
             if time.time() > deadline:
                 raise RuntimeError("server did not start in 60 s")
             time.sleep(0.2)
-        yield url
+        yield url, port, proc.pid
     finally:
         proc.terminate()
         try:
@@ -76,6 +76,16 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Base URL of `python -m scripts.chat_web` serving a tiny checkpoint on a free port."""
+    base = tmp_path_factory.mktemp("chat_web_base")
+    make_tiny_checkpoint(base, "sft")
+    with chat_web_process(base, ["--device_type=cpu", f"--num_workers={N_WORKERS}", "--max_new_tokens=16",
+                                 "--queue_timeout=20"]) as (url, _port, _pid):
+        yield url
 
 
 def wait_all_free(url: str, timeout: float = 10.0) -> dict:

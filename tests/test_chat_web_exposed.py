@@ -12,16 +12,14 @@ import re
 import resource
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, make_tiny_checkpoint, subprocess_env
-from tests.test_chat_web import free_port
+from tests.conftest import make_tiny_checkpoint
+from tests.test_chat_web import chat_web_process
 
 KEY = "s3cret-key"
 NAME = "나노챗"
@@ -50,37 +48,13 @@ def exposed(tmp_path_factory):
     meta = json.loads(meta_path.read_text())
     meta["options"] = {"identity_name": NAME}  # what chat_sft --identity_name records
     meta_path.write_text(json.dumps(meta))
-    port = free_port()
     log_path = base / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.chat_web", f"--port={port}", "--device_type=cpu", "--num_workers=1",
-         "--max_new_tokens=8", f"--header_timeout={HEADER_TIMEOUT}"],
-        cwd=REPO_ROOT, env=subprocess_env(NANOCHAT_BASE_DIR=str(base), RUNPOD_POD_ID="testpod", NANOCHAT_API_KEY=KEY),
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_fd_limit)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not start in 60 s"
-            time.sleep(0.2)
+    with chat_web_process(base, ["--device_type=cpu", "--num_workers=1", "--max_new_tokens=8",
+                                 f"--header_timeout={HEADER_TIMEOUT}"],
+                          env={"RUNPOD_POD_ID": "testpod", "NANOCHAT_API_KEY": KEY}, preexec_fn=_fd_limit) as (url, port, pid):
         text = log_path.read_text()
         start = text[text.index("serving "):].splitlines()[:4]
-        yield Exposed(url, port, proc.pid, log_path, start)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        yield Exposed(url, port, pid, log_path, start)
 
 
 def test_start_line_on_a_pod(exposed):

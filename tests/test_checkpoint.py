@@ -600,7 +600,7 @@ def test_damaged_files_fail_in_one_line_through_chat_cli_and_chat_web(base_dir, 
 def test_chat_cli_answers_from_the_newest_complete_step(base_dir):
     d = gpt_steps(ck.checkpoint_dir("sft", "d1"), [1])
     interrupted_copy(gpt_steps(base_dir / "pod" / "d1", [2]) / "step_000002", d / "step_000002", 1)
-    proc = run_script("scripts.chat_cli", "-p", "hi", "--temperature=0", "--max_tokens=4")
+    proc = run_script("scripts.chat_cli", "-p", "hi", "--temperature=0", "--max_new_tokens=4")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert f"warning: skipping {d / 'step_000002'}: model.safetensors is missing" in proc.stdout
 

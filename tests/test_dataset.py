@@ -428,9 +428,9 @@ def test_cli_english_and_korean_through_the_real_registry(tmp_path, server):
 
 
 def test_cli_bad_option_and_bad_source_fail_with_one_line(tmp_path):
-    r = run_cli(["--num_shard=3"], tmp_path)
+    r = run_cli(["--num_shrads=3"], tmp_path)
     assert r.returncode == 2 and len(lines(r.stderr)) == 1
-    assert "unknown option --num_shard" in r.stderr and "--num_shards" in r.stderr
+    assert "unknown option --num_shrads" in r.stderr and "--num_shards" in r.stderr
     r = run_cli(["--corpus=nowhere"], tmp_path)
     assert r.returncode == 1 and len(lines(r.stderr)) == 1 and "unknown source 'nowhere'" in r.stderr
     r = run_cli(["--corpus=http://127.0.0.1:9/x/shard_{index:05d}.parquet"], tmp_path)

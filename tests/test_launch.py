@@ -8,6 +8,7 @@ machinery (background session, pid files, logs, SIGTERM to the ranks) is what is
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -45,18 +46,76 @@ def setup(tmp_path_factory):
 
 
 def test_bad_usage_exits_2_without_starting_anything(tmp_path):
-    assert launch(tmp_path).returncode == 2
     proc = launch(tmp_path, "no_such_script", "--test")
     assert proc.returncode == 2 and "no script scripts/no_such_script.py" in proc.stderr and "base_train" in proc.stderr
-    proc = launch(tmp_path, "base_train")
-    assert proc.returncode == 2 and "--test" in proc.stderr and "--train" in proc.stderr
     proc = launch(tmp_path, "base_train", "--test", "depth=4")
     assert proc.returncode == 2 and "--key=value" in proc.stderr
+    proc = launch(tmp_path, "--test", "--max-steps")
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --max-steps needs a value: --max-steps VALUE"
     assert not (tmp_path / "logs").exists()
 
 
+def test_no_arguments_is_a_base_train_test_and_checks_first(tmp_path):
+    """As the launchers people come from: no arguments = a short test run (here refused by its checks)."""
+    for args in ((), ("base_train",), ("--gpus", "0")):
+        proc = launch(tmp_path, *args)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "(base_train --test," in proc.stdout and "--num_iterations=10" in proc.stdout
+        assert "FAIL tokenizer" in proc.stdout and "not launched" in proc.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_trainer_style_spellings_map_to_the_options(tmp_path):
+    """The spellings of seed-style launchers, values after a space, each shown with what it became."""
+    data = tmp_path / "data"
+    proc = launch(tmp_path / "base", "--train", "--dry-run", "--num-gpus", "0", "--max-steps", "50", "--batch-size", "8",
+                  "--max-seq-length", "256", "--save-steps", "20", "--fp16", "--no-compile", "--no-save-initial",
+                  "--dataset-path", str(data), "--depth", "4", "--warmdown_ratio", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for mapping in ("--max-steps 50 -> --num_iterations=50", "--batch-size 8 -> --device_batch_size=8",
+                    "--max-seq-length 256 -> --max_seq_len=256", "--save-steps 20 -> --save_every=20",
+                    "--fp16 -> --dtype=fp16", "--no-compile -> --compile=false", "--num-gpus 0 -> --gpus 0",
+                    "--no-save-initial -> --save_initial=false", f"--dataset-path {data} -> --corpus={data}"):
+        assert f"option:  {mapping}" in out, mapping
+    assert ("-m scripts.base_train --device_type=cpu --resume=auto --num_iterations=50 --device_batch_size=8 "
+            f"--max_seq_len=256 --save_every=20 --dtype=fp16 --compile=false --save_initial=false --corpus={data} "
+            "--depth=4 --warmdown_ratio=0.3") in out
+    for resolved in ("num_iterations          = 50", "dtype                   = 'fp16'", "depth                   = 4",
+                     "warmdown_ratio          = 0.3", "save_initial            = False"):
+        assert resolved in out, resolved
+
+    proc = launch(tmp_path, "--train", "--learning-rate", "5e-5")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "--matrix_lr" in proc.stderr and "--embedding_lr" in proc.stderr and "--init_lr_frac" in proc.stderr
+
+    # --max_steps typed the project's way gets the right pointer, not the nearest spelling (--max_seq_len)
+    proc = launch(tmp_path, "--train", "--dry-run", "--gpus", "0", "--max_steps=50")
+    assert "FAIL options: unknown option --max_steps: the number of optimizer steps is --num_iterations" in proc.stdout
+    help_text = launch(tmp_path, "--help").stdout
+    for spelling in ("--max-steps N", "--batch-size N", "--learning-rate X", "--max-seq-length N", "--save-steps N",
+                     "--fp16", "--fp32", "--no-compile", "--num-gpus N", "--no-save-initial", "--dataset-path P",
+                     "--output-dir D", "--logs-dir DIR", "--verbose", "--foreground", "--dry-run"):
+        assert spelling in help_text, spelling
+
+
+def test_output_dir_logs_dir_and_wandb_preflight(tmp_path):
+    out_dir, logs_dir = tmp_path / "out", tmp_path / "mylogs"
+    proc = launch(tmp_path / "base", "--dry-run", "--gpus", "0", "--output-dir", str(out_dir), "--logs-dir",
+                  str(logs_dir), "--run", "h100_speedrun_01")
+    assert proc.returncode == 0, proc.stderr
+    assert f"env NANOCHAT_BASE_DIR={logs_dir}/base_train_" in proc.stdout  # a test: the scratch dir, under the logs
+    assert f"FAIL tokenizer: none at {out_dir}/tokenizer/tokenizer.json" in proc.stdout
+    assert f"logs:    {logs_dir}/base_train_" in proc.stdout
+    env_has_wandb = subprocess.run([sys.executable, "-c", "import wandb"], capture_output=True).returncode == 0
+    if not env_has_wandb:
+        assert ("FAIL wandb: --run=h100_speedrun_01 logs to wandb, which is not installed: uv pip install -e '.[wandb]'"
+                in proc.stdout)
+    assert "wandb" not in launch(tmp_path / "base", "--dry-run", "--gpus", "0", "--run=dummy").stdout
+
+
 def test_dry_run_prints_the_command_and_config_and_runs_nothing(tmp_path):
-    proc = launch(tmp_path, "base_train", "--dry-run", "--gpus", "0", "--depth=4")
+    proc = launch(tmp_path, "base_train", "--train", "--dry-run", "--gpus", "0", "--depth=4")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert f"env NANOCHAT_BASE_DIR={tmp_path} CUDA_VISIBLE_DEVICES= " in out
@@ -93,6 +152,30 @@ def test_test_mode_runs_ten_steps_in_a_scratch_base_dir(setup):
     assert (scratch / "tokenizer").is_symlink() and not (scratch / "base_checkpoints").exists()
     status = launch(base, "status")
     assert "smoke" in status.stdout and "finished" in status.stdout
+
+
+@pytest.mark.slow
+def test_options_alone_start_a_background_test_and_show_its_first_seconds(setup):
+    """Seed-style: no script name, no mode: base_train --test in the background, its log shown for a few seconds."""
+    base, data = setup
+    t0 = time.time()
+    proc = launch(base, "--gpus", "0", "--name=bg", *TINY, f"--corpus={data}", "--eval_tokens", "none",
+                  "--max-steps", "3", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.time() - t0 >= 3  # it stayed to show the log (at most 5 s of it, less if the run ended)
+    shown = proc.stdout.split("log, first 5s:\n", 1)[1]
+    assert "starting: env NANOCHAT_BASE_DIR=" in shown and "--num_iterations=3" in shown
+    assert "started bg in the background" in proc.stdout
+    run_dir = base / "logs" / "bg"
+    deadline = time.time() + 240
+    while not (run_dir / "exit_code").exists():
+        assert time.time() < deadline, (run_dir / "console.log").read_text()
+        time.sleep(0.2)
+    assert (run_dir / "exit_code").read_text().strip() == "0", (run_dir / "console.log").read_text()
+    log = (run_dir / "console.log").read_text()
+    assert "step 00003/00003" in log
+    # 3 steps of 64 tokens: validation is sized to the run (the floor), not 10 x 524,288 tokens
+    assert "validation: 32,768 tokens per evaluation (--eval_tokens=none: sized to the run)" in log
 
 
 @pytest.mark.slow

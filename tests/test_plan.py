@@ -5,7 +5,17 @@ import sys
 
 import pytest
 
-from nanochat.plan import device_batch_for_memory, make_plan, round_to_multiple
+from nanochat.plan import (
+    EVAL_TOKENS_CAP,
+    EVAL_TOKENS_FLOOR,
+    default_eval_tokens,
+    device_batch_for_memory,
+    evaluation_count,
+    make_plan,
+    model_params,
+    round_to_multiple,
+    shards_for_depth,
+)
 from tests.conftest import REPO_ROOT, subprocess_env
 
 
@@ -44,3 +54,43 @@ def test_shell_assignments_without_torch():
     values = dict(line.split("=", 1) for line in out.stdout.split())
     assert values["TOTAL_BATCH_SIZE"] == "589824" and values["RL_EXAMPLES_PER_STEP"] == "18"
     assert values["PLAN_COST"] == "'$122'" and values["PLAN_HOURS"] == "10.7"  # 32 GPU-hours at $3.8
+    assert values["PLAN_NUM_SHARDS"] == "240"  # d20 unless --depth says otherwise
+
+
+def test_model_params_is_the_models_own_count():
+    import torch
+
+    from nanochat.gpt import GPT, GPTConfig
+
+    for depth, vocab in ((2, 256), (3, 1000)):
+        with torch.device("meta"):
+            model = GPT(GPTConfig.from_depth(depth, vocab, 64, 64, 128, None))
+        assert model_params(depth, vocab) == model.num_params()
+    assert model_params(20) == 560_988_160  # the README's 561M
+
+
+def test_shards_follow_the_depth():
+    """Upstream's arithmetic: d20 needs ~216 shards and fetches 240; its d32 run fetches 800."""
+    assert [shards_for_depth(d) for d in (20, 26, 32)] == [240, 460, 800]
+    assert shards_for_depth(4) == 20 and shards_for_depth(32) > shards_for_depth(26) > shards_for_depth(20)
+    assert make_plan(8, depth=32).num_shards == 800 and make_plan(8).num_shards == 240
+
+
+@pytest.mark.parametrize("steps,every", [(100, 250), (10, 5), (300, 100), (7, 3), (1, 1), (21400, 250)])
+def test_evaluation_count_matches_the_loops_schedule(steps, every):
+    from nanochat.training import due
+
+    assert evaluation_count(steps, every) == sum(due(every, s, s == steps) for s in range(steps + 1))
+    assert evaluation_count(steps, None) == 0
+
+
+def test_validation_follows_the_run_size():
+    """A 100-step d4 run of 512-token steps (a deployment guide's laptop run) validated 2 x 5.2M tokens
+    for 51,200 trained; now 2 x the floor. d20's 11.2B tokens keep the reference's 5.2M."""
+    short = default_eval_tokens(100 * 512, evaluation_count(100, 250))
+    assert short == EVAL_TOKENS_FLOOR and 2 * short < 2 * 51_200
+    assert default_eval_tokens(21_400 * 524_288, evaluation_count(21_400, 250)) == EVAL_TOKENS_CAP == 10 * 524_288
+    middle = default_eval_tokens(2_000 * 65_536, evaluation_count(2_000, 250))  # 131M tokens, 9 evaluations
+    assert middle == int(0.05 * 2_000 * 65_536 / 9)
+    total_eval = middle * 9
+    assert total_eval == pytest.approx(0.05 * 2_000 * 65_536, rel=1e-5)  # 5% of the training tokens

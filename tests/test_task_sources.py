@@ -6,7 +6,6 @@ import gzip
 import importlib
 import io
 import json
-from http.server import BaseHTTPRequestHandler
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,7 +20,7 @@ from tasks.humaneval import HumanEval
 from tasks.koalpaca import KoAlpaca
 from tasks.mmlu import MMLU
 from tasks.smoltalk import SmolTalk
-from tests.http_server import start_server, stop_server
+from tests.http_server import file_handler, start_server, stop_server
 
 FAST = dict(retries=0, backoff=0.01, timeout=5)
 
@@ -81,24 +80,7 @@ FILES = {
 @pytest.fixture(scope="module")
 def server():
     requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            data = FILES.get(self.path)
-            if data is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd, base = start_server(Handler)
+    httpd, base = start_server(file_handler(FILES, requests, content_type="application/octet-stream"))
     yield base, requests
     stop_server(httpd)
 
@@ -129,7 +111,7 @@ def rendered_assistant(tok, conversation) -> str:
 
 
 def test_registry_names_every_dataset_with_columns():
-    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "koalpaca", "mmlu", "smoltalk", "words"]
+    assert sources.datasets() == ["arc", "gsm8k", "humaneval", "kmmlu", "koalpaca", "kobest", "mmlu", "smoltalk", "words"]
     for (name, split), src in sources.REGISTRY.items():
         assert src.files and src.columns and all(src.columns), (name, split)
     assert "auxiliary_train" in sources.splits("mmlu") and "ARC-Challenge/test" in sources.splits("arc")

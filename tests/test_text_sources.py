@@ -134,3 +134,22 @@ def test_dataset_builds_shards_from_jsonl_and_training_finds_them(base_dir, tmp_
     assert manifest["provenance"]["text_field"] == "text" and manifest["origin"] == str(path)
     # the same name training passes (the base_data_<name> suffix) reads the same shards
     assert list_shards("train", "mixed_pretraining") == train
+
+
+def test_text_field_flag_reaches_tok_train_and_the_dataset(tmp_path, base_dir):
+    """--text_field picks the JSON field in tok_train and nanochat.dataset (the environment variable's job too)."""
+    import json as _json
+
+    from nanochat.dataset import Options as DatasetOptions
+    from nanochat.dataset import main as dataset_main
+    from scripts import tok_train
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(_json.dumps({"body": f"document {i} " * 30, "text": "x"}) for i in range(40)) + "\n")
+    tok_train.main(tok_train.Options(vocab_size=300, corpus=str(path), text_field="body", num_threads=1))
+    meta = _json.loads((base_dir / "report" / "01-tokenizer-training.json").read_text())["data"]
+    assert meta["characters"] == sum(len(f"document {i} " * 30) for i in range(40))
+    shards = dataset_main(DatasetOptions(corpus=str(path), text_field="body"))
+    manifest = _json.loads((shards[0].parent / "manifest.json").read_text())
+    assert manifest["provenance"]["text_field"] == "body"
+    assert sum(s["documents"] for s in manifest["shards"].values()) == 40

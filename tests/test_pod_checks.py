@@ -1,0 +1,177 @@
+"""What speedrun.sh and runpod_speedrun.sh check before any stage runs, with stand-ins on PATH for
+the tools a pod has and this machine lacks: nvidia-smi (4 GPUs), runpodctl, and uv (so that the
+set-up step records what it would install instead of installing it). The scripts themselves, the
+real .venv's torch and the real dev/gpus.sh run.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+NVIDIA_SMI = """#!/bin/sh
+# 4 H100s, as `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits` prints them
+case "$*" in
+  *query-gpu*) for i in 0 1 2 3; do echo "$i, GPU-5e1f0c2$i-aaaa-bbbb, NVIDIA H100 80GB HBM3, 81559"; done ;;
+  *) for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-5e1f0c2$i-aaaa-bbbb)"; done ;;
+esac
+"""
+RECORD = """#!/bin/sh
+echo "$0 $*" >> "{log}"
+"""
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """A bin folder with nvidia-smi, uv and runpodctl stand-ins; uv and runpodctl record their calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    (bin_dir / "nvidia-smi").write_text(NVIDIA_SMI)
+    (bin_dir / "uv").write_text(RECORD.format(log=calls))
+    (bin_dir / "runpodctl").write_text(RECORD.format(log=calls))
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir, calls
+
+
+def run(script: str, bin_dir: Path, timeout: int = 180, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "NANOCHAT_BASE_DIR", "WANDB_RUN",
+                                                      "NANOCHAT_EXTRAS", "NPROC_PER_NODE")}
+    full["PATH"] = f"{bin_dir}:{full['PATH']}"
+    full.update(env)
+    return subprocess.run(["bash", script], cwd=REPO_ROOT, env=full, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("visible,expected", [
+    (None, "0 1 2 3"),
+    ("", ""),
+    ("-1", ""),
+    ("2,0", "2 0"),               # CUDA's order, not the machine's
+    ("1,7,3", "1"),               # everything from the first entry that names no GPU is ignored
+    ("GPU-5e1f0c23", "3"),        # a unique UUID prefix
+    ("GPU-5e1f0c2", ""),          # an ambiguous one names none
+])
+def test_visible_gpus_follow_cuda_visible_devices(stubs, visible, expected):
+    bin_dir, _ = stubs
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    out = subprocess.run(["bash", "-c", "source dev/gpus.sh; visible_gpu_rows | cut -d, -f1 | tr '\\n' ' '; "
+                          "echo; visible_gpu_count"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+    rows, count = out.stdout.splitlines()
+    assert rows.split() == expected.split()
+    assert int(count) == len(expected.split())
+
+
+def test_speedrun_refuses_a_gpu_machine_whose_torch_cannot_use_cuda(stubs, tmp_path):
+    """This machine's torch sees no CUDA device; with nvidia-smi listing GPUs that must stop the run
+    in one line before any stage, never train d20 on the CPU."""
+    bin_dir, calls = stubs
+    base = tmp_path / "base"
+    proc = run("speedrun.sh", bin_dir, NANOCHAT_BASE_DIR=str(base), CUDA_VISIBLE_DEVICES="1,3")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: nvidia-smi lists 2 GPU(s) but torch"), proc.stderr
+    assert "cannot use CUDA" in errors[0] and "CPU_RUN=1" in errors[0]
+    assert not (base / "stages").exists()  # no stage ran
+    assert "pip install" in calls.read_text()  # the set-up step ran first (through the uv stand-in)
+
+
+def test_speedrun_with_a_wandb_run_installs_the_extra_or_refuses_at_once(stubs, tmp_path):
+    """WANDB_RUN=name asks the set-up for the wandb extra; where it still does not import (here the
+    uv stand-in installs nothing) the run stops in one line with the install command, before the
+    data and tokenizer stages, instead of a traceback from the first training phase."""
+    bin_dir, calls = stubs
+    base = tmp_path / "base"
+    proc = run("speedrun.sh", bin_dir, NANOCHAT_BASE_DIR=str(base), WANDB_RUN="h100_speedrun_01", CPU_RUN="1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: WANDB_RUN=h100_speedrun_01 logs to wandb, which does not import: .venv/bin/python -m pip install wandb "
+        "(or uv pip install -e '.[wandb]'), or unset WANDB_RUN"]
+    installs = [line for line in calls.read_text().splitlines() if " pip install " in line]
+    assert installs and installs[-1].endswith(",wandb]")
+    assert not (base / "stages").exists()
+    # 'dummy' (nakochat's default) means no wandb: nothing extra is installed
+    calls.unlink()
+    proc = run("speedrun.sh", bin_dir, NANOCHAT_BASE_DIR=str(base), WANDB_RUN="dummy", NPROC_PER_NODE="9")
+    assert [line for line in calls.read_text().splitlines() if " pip install " in line][-1].endswith(" -e .[dev]")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: nvidia-smi lists 4 GPU(s)")
+
+
+def test_runpod_preflight_counts_visible_gpus_and_sizes_shards_by_depth(stubs, tmp_path):
+    bin_dir, _ = stubs
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = run("runpod_speedrun.sh", bin_dir, WORKSPACE=str(ws), CUDA_VISIBLE_DEVICES="3,1", DEPTH="32")
+    out = proc.stdout + proc.stderr
+    assert "GPUs:    2 x NVIDIA H100 80GB HBM3 (79 GiB each)" in out
+    assert "plan:    d32 on 2 GPU(s), 800 shards" in out  # d20 needs 240; d32 as upstream's run1000
+    assert proc.returncode == 1  # then refused: too little disk for 800 shards here, or (past it) no CUDA torch
+    last = proc.stderr.strip().splitlines()[-1]
+    assert ("800 shards + checkpoints" in last) or ("nvidia-smi lists 2 GPU(s) but torch" in last), proc.stderr
+
+    proc = run("runpod_speedrun.sh", bin_dir, WORKSPACE=str(ws), NPROC_PER_NODE="8")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: NPROC_PER_NODE=8: 4 GPU(s) are visible (CUDA_VISIBLE_DEVICES=unset); set 1 to 4"]
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"AUTO_STOP": "yes"}, "error: AUTO_STOP=yes: use stop (or 1)"),
+    ({"MAX_HOURS": "4h"}, "error: MAX_HOURS=4h: give the wall-clock limit in hours, like 4 or 0.5"),
+    ({"MAX_HOURS": "0"}, "error: MAX_HOURS=0: give the wall-clock limit in hours"),
+])
+def test_runpod_refuses_bad_stop_settings_before_anything(stubs, tmp_path, env, message):
+    bin_dir, calls = stubs
+    proc = run("runpod_speedrun.sh", bin_dir, WORKSPACE=str(tmp_path), **env)
+    assert proc.returncode == 1 and proc.stderr.startswith(message), proc.stderr
+    assert not (tmp_path / "speedrun.log").exists() and not calls.exists()
+
+
+def test_pyproject_offers_the_gpu_and_cpu_extras_that_setup_guides_use():
+    """`uv sync --extra gpu` (karpathy/nanochat's set-up, copied by deployment guides) needs the extra."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in ("gpu", "cpu"):
+        assert any(req.startswith("torch") for req in extras[name]), name
+    assert extras["wandb"] == ["wandb>=0.17"]
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "uv sync --extra gpu" in readme and "uv sync --extra cpu" in readme
+
+
+def test_a_wandb_run_name_without_wandb_is_one_line(monkeypatch, tmp_path):
+    """Scripts given --run=NAME directly (torchrun ... --run=h100_speedrun_01) say what to install."""
+    from nanochat.run_log import RunLog
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed: import raises ImportError
+    with pytest.raises(ValueError, match=r"^--run=h100_speedrun_01 logs to wandb, which is not installed: "
+                                         r"uv pip install -e '\.\[wandb\]' \(or --run=dummy\)$"):
+        RunLog(tmp_path / "metrics.jsonl", enabled=True, wandb_run="h100_speedrun_01")
+    RunLog(tmp_path / "metrics.jsonl", enabled=True, wandb_run="dummy")  # no wandb wanted: fine
+
+
+def test_max_hours_stops_the_pod_by_default(stubs, tmp_path):
+    """A time limit is a budget: without AUTO_STOP the pod is stopped (not removed) when it is reached,
+    whatever stage is running (here one of the first, 1.8 s in); the backup comes first."""
+    bin_dir, calls = stubs
+    (bin_dir / "nvidia-smi").unlink()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = run("runpod_speedrun.sh", bin_dir, WORKSPACE=str(ws), ALLOW_CPU="1", NANOCHAT_OFFLINE="1",
+               MAX_HOURS="0.0005", RUNPOD_POD_ID="pod9", timeout=300)
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert "== MAX_HOURS=0.0005 reached: stopping the running stage" in proc.stdout
+    assert "stopped by SIGTERM" in proc.stdout
+    assert list((ws / "backups").glob("*.tar.gz"))
+    assert calls.read_text().splitlines()[-1].endswith("runpodctl stop pod pod9")
+    assert not (ws / "nanochat_final_report.md").exists()
