@@ -254,11 +254,28 @@ def resolve_device_type(requested: str | None = None) -> str:
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX): without it, bf16 autocast on a
+    CPU is emulated, slower than fp32, and not offered."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_dtype(dtype: str | None, device_type: str) -> str:
-    """None = auto: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU and MPS."""
+    """None = auto: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU and MPS.
+
+    --dtype=bf16 on a CPU with native bf16 runs a GPU run's precision paths (bf16 autocast, a bf16
+    KV cache); it is not the CPU default: measured slower than fp32 there (dev/BENCHMARKS.md).
+    """
     dtype = (dtype or "").strip().lower()
     if dtype and dtype not in DTYPES:
         raise ValueError(f"dtype must be bf16, fp16 or fp32 (or unset for auto), got {dtype!r}")
+    if device_type == "cpu" and dtype == "bf16":
+        if not cpu_has_bf16():
+            raise ValueError("dtype=bf16 on CPU needs native bf16 (AVX-512 BF16 or AMX), which this CPU lacks: "
+                             "use --dtype=fp32")
+        return dtype
     if device_type != "cuda":
         if dtype in ("bf16", "fp16"):
             raise ValueError(f"dtype={dtype} needs a CUDA GPU; on {device_type} use --dtype=fp32")

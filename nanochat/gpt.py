@@ -386,8 +386,11 @@ class GPT(nn.Module):
     def _fused_loss_ok(self, x: torch.Tensor) -> bool:
         """The fused head loss is used for training on CPU, where it is measured (~1.7x faster head +
         loss) and tested; CUDA keeps the checkpointed path until the fused one is measured there
-        under bf16 autocast and torch.compile."""
-        return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+        under bf16 autocast and torch.compile. Under torch.compile the plain path is traced on CPU too:
+        the fused loop's trip count follows the row count, so with dynamic shapes (SFT, RL) dynamo
+        would specialise on B x T and recompile for every batch length (tests/test_gpu_paths.py)."""
+        return (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling())
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Head + soft-capping softcap * tanh(logits / softcap), the tanh in fp32 (tanh of bf16

@@ -49,7 +49,7 @@ LR_REFERENCE_DIM = 768
 GROUP_NAMES = ("matrix", "embedding", "unembedding", "scalar")
 
 
-def zeropower_via_newtonschulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def zeropower_via_newtonschulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately orthogonalise G (..., R, C): replace its singular values by ~1, keeping U V^T.
 
     Works on the last two dims, batched over any leading ones. The result's singular values lie
@@ -57,12 +57,14 @@ def zeropower_via_newtonschulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     below 1/1000 of G's Frobenius norm (a near-singular square G) are not lifted that far.
     On CUDA the iteration runs in bf16 (tensor-core matmuls; it is stable in bf16, per the Muon
     write-up); elsewhere in fp32 (CPU bf16 matmuls are slow and lossy); fp64 input stays fp64.
+    dtype overrides that choice (tests run CUDA's bf16 iteration on CPU).
     Returns a tensor of G's shape in that working dtype.
     """
     if G.ndim < 2:
         raise ValueError(f"Newton-Schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
     a, b, c = NS_COEFFS
-    dtype = torch.bfloat16 if G.is_cuda else torch.promote_types(G.dtype, torch.float32)
+    if dtype is None:
+        dtype = torch.bfloat16 if G.is_cuda else torch.promote_types(G.dtype, torch.float32)
     X = G.to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:

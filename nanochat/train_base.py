@@ -14,6 +14,9 @@ from nanochat.training import TrainOptions, due
 
 @dataclass
 class BaseOptions(TrainOptions):
+    # An out-of-memory during the run halves the device batch and redoes the step; accumulation keeps
+    # the tokens per step either way (nanochat/batch_fit.py).
+    device_batch_size: int | None = None  # sequences per forward pass per device (None = auto: the largest power of two whose step fits the GPU; 32 off CUDA)
     # model
     depth: int = 20  # transformer layers; width = depth x aspect_ratio, heads follow the width
     aspect_ratio: int = 64  # width per layer of depth
@@ -43,16 +46,38 @@ class BaseOptions(TrainOptions):
             raise ValueError("set one of --num_iterations, --target_flops or --target_param_data_ratio")
 
 
-def batch_plan(opts: BaseOptions, world_size: int) -> tuple[int, int]:
-    """(total tokens per step, gradient accumulation steps); a total that does not divide fails clearly."""
-    per_pass = opts.device_batch_size * opts.max_seq_len * world_size
+def rows_per_pass(opts: BaseOptions, world_size: int) -> int | None:
+    """Rows each device computes per optimizer step (None: --total_batch_size=none, one pass)."""
+    if opts.total_batch_size is None:
+        return None
+    per_row = opts.max_seq_len * world_size
+    if opts.total_batch_size % per_row:
+        raise ValueError(f"--total_batch_size={opts.total_batch_size} is not a multiple of max_seq_len x processes = "
+                         f"{opts.max_seq_len} x {world_size} = {per_row}; change one of them")
+    return opts.total_batch_size // per_row
+
+
+def batch_plan(opts: BaseOptions, world_size: int, device_batch: int | None = None) -> tuple[int, int]:
+    """(total tokens per step, gradient accumulation steps); a total that does not divide fails clearly.
+    device_batch: the resolved device batch (the option itself unless it is None, auto)."""
+    device_batch = opts.device_batch_size if device_batch is None else device_batch
+    per_pass = device_batch * opts.max_seq_len * world_size
     total = per_pass if opts.total_batch_size is None else opts.total_batch_size
     if total % per_pass:
         raise ValueError(
             f"--total_batch_size={total} is not a multiple of device_batch_size x max_seq_len x processes = "
-            f"{opts.device_batch_size} x {opts.max_seq_len} x {world_size} = {per_pass}; change one of them"
+            f"{device_batch} x {opts.max_seq_len} x {world_size} = {per_pass}; change one of them"
         )
     return total, total // per_pass
+
+
+def auto_device_batch(opts: BaseOptions, compute, model) -> int:
+    """--device_batch_size=none (auto): see batch_fit.auto_device_batch; a power of two that divides
+    the rows of a step, so accumulation fills the step."""
+    from nanochat import batch_fit
+
+    return batch_fit.auto_device_batch(compute, model, opts.max_seq_len, rows_per_pass(opts, compute.dist.world_size),
+                                       non_cuda=batch_fit.AUTO_NON_CUDA)
 
 
 def horizon(opts: BaseOptions, num_params: int, flops_per_token: int, total_batch: int) -> tuple[int, str]:
@@ -67,9 +92,11 @@ def horizon(opts: BaseOptions, num_params: int, flops_per_token: int, total_batc
 def train_base(opts: BaseOptions) -> dict:
     """Pretrain with these options; returns the run's summary."""
     import dataclasses
+    import functools
 
     import torch
 
+    from nanochat.batch_fit import OOMInjector, step_with_backoff
     from nanochat.dataloader import TokenLoader
     from nanochat.dataset import list_shards
     from nanochat.engine import SAMPLE_PROMPTS, greedy_continuation
@@ -81,7 +108,7 @@ def train_base(opts: BaseOptions) -> dict:
     from nanochat.run_log import train_line
     from nanochat.schedule import lr_multiplier, muon_momentum
     from nanochat.tokenizer import Tokenizer
-    from nanochat.training import begin, global_mean, oom_error, start_run
+    from nanochat.training import begin, global_mean, start_run
 
     compute = begin(opts)
     device, info = compute.device, compute.dist
@@ -95,15 +122,19 @@ def train_base(opts: BaseOptions) -> dict:
     model.to_empty(device=device)
     model.init_weights()
     num_params, flops_per_token = model.num_params(), model.estimate_flops()
-    total_batch, grad_accum = batch_plan(opts, info.world_size)
+    if opts.device_batch_size is None:  # resolved once: the checkpoint's options record the batch that ran
+        opts = dataclasses.replace(opts, device_batch_size=auto_device_batch(opts, compute, model))
+    B = opts.device_batch_size
+    total_batch, grad_accum = batch_plan(opts, info.world_size, B)
     num_iterations, horizon_from = horizon(opts, num_params, flops_per_token, total_batch)
     print0(f"model: {num_params:,} parameters, {flops_per_token:.3e} FLOPs/token, config {dataclasses.asdict(config)}")
-    print0(f"batch: {total_batch:,} tokens/step = {opts.device_batch_size} x {opts.max_seq_len} x {info.world_size} "
+    print0(f"batch: {total_batch:,} tokens/step = {B} x {opts.max_seq_len} x {info.world_size} "
            f"processes x {grad_accum} accumulation; {num_iterations:,} steps from {horizon_from} "
            f"({num_iterations * total_batch:,} tokens, {num_iterations * total_batch * flops_per_token:.2e} FLOPs)")
 
     tag = opts.model_tag or f"d{opts.depth}"
-    loader = TokenLoader(train_shards, tokenizer, opts.device_batch_size, opts.max_seq_len, device=device)
+    # the loader always yields B rows; after an out-of-memory they run in smaller micro-batches
+    loader = TokenLoader(train_shards, tokenizer, B, opts.max_seq_len, device=device)
     run = start_run(opts, compute, phase="base", tag=tag, model=model, loader=loader, num_iterations=num_iterations)
     token_bytes = torch.tensor(tokenizer.token_bytes_lengths(), dtype=torch.long, device=device)
     peak = peak_flops(compute.device_type, device)
@@ -114,13 +145,36 @@ def train_base(opts: BaseOptions) -> dict:
         print0(f"validation: {eval_steps * opts.device_batch_size * opts.max_seq_len * info.world_size:,} tokens "
                f"per evaluation{'' if opts.eval_tokens else ' (--eval_tokens=none: sized to the run)'}")
 
+    micro, backoffs, inject = B, [], OOMInjector()
+
+    def on_backoff(step: int, new_micro: int) -> None:
+        chunks = B // new_micro
+        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}, accumulation "
+               f"{grad_accum * chunks // 2} -> {grad_accum * chunks}; redoing the step on the same rows")
+        backoffs.append({"step": step, "device_batch_size": new_micro})
+        run.log.record(step, device_batch_size=new_micro)
+
+    def run_step(batches, step: int, micro: int) -> torch.Tensor:
+        """Forward and backward of the step's rows in micro-batches; the local mean loss (detached)."""
+        n = grad_accum * (B // micro)  # micro-batches of equal size: the step's loss is the mean of their means
+        loss_sum = torch.zeros((), device=device)
+        for x, y in batches:
+            for xs, ys in zip(x.split(micro), y.split(micro)):
+                with run.amp():
+                    loss = run.fwd(xs, ys)
+                loss_sum += loss.detach()
+                run.backward(loss / n)
+                inject.check(step)
+        return loss_sum / n
+
     val_bpb = None
     while True:
         step = run.loop.step
         last = step == num_iterations
         stopping = run.stop.requested(device)  # a stop skips the evaluation: it should be quick
         if due(opts.eval_every, step, last) and not stopping:
-            with TokenLoader(val_shards, tokenizer, opts.device_batch_size, opts.max_seq_len, device=device,
+            eval_steps = max(1, eval_tokens // (micro * opts.max_seq_len * info.world_size))  # after a back-off too
+            with TokenLoader(val_shards, tokenizer, micro, opts.max_seq_len, device=device,
                              loop=False) as val_loader:
                 val_bpb = evaluate_bpb(run.fwd, val_loader, eval_steps, token_bytes, run.amp())
             run.loop.min_val = min(run.loop.min_val, val_bpb)
@@ -134,20 +188,17 @@ def train_base(opts: BaseOptions) -> dict:
             break
 
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
+        batches = [next(loader) for _ in range(grad_accum)]  # fetched once: a redone step reads the same rows
         try:
-            for _ in range(grad_accum):
-                x, y = next(loader)
-                with run.amp():
-                    loss = run.fwd(x, y)
-                loss_sum += loss.detach()
-                run.backward(loss / grad_accum)
+            step_loss, micro = step_with_backoff(functools.partial(run_step, batches, step), micro, step=step,
+                                                 model=model, on_backoff=on_backoff)
         except torch.OutOfMemoryError:
-            raise oom_error(opts.device_batch_size) from None
+            raise ValueError("out of GPU memory even at a device batch of 1: use a smaller model or a shorter "
+                             "--max_seq_len") from None
         lrm = lr_multiplier(step, num_iterations, warmup_ratio=opts.warmup_ratio, warmdown_ratio=opts.warmdown_ratio,
                             final_lr_frac=opts.final_lr_frac)
         grad_norm = run.optimizer_step(lrm, muon_momentum(step))
-        train_loss = (global_mean(loss_sum) / grad_accum).item()  # .item() syncs, so dt below is the real step time
+        train_loss = global_mean(step_loss).item()  # .item() syncs, so dt below is the real step time
         dt = time.perf_counter() - t0
         tok_per_s = total_batch / dt
         step_mfu = mfu(flops_per_token, tok_per_s, peak, info.world_size)
@@ -158,6 +209,7 @@ def train_base(opts: BaseOptions) -> dict:
     loader.close()
     return run.finish(SECTION_BASE_TRAIN, {
         "model_tag": tag, "depth": opts.depth, "max_seq_len": opts.max_seq_len, "total_batch_size": total_batch,
+        "device_batch_size": B, "device_batch_size_final": micro, "oom_backoffs": backoffs,
         "num_iterations": num_iterations, "flops_per_token": flops_per_token,
     }, {"val_bpb": val_bpb, "min_val_bpb": run.loop.min_val, "parameters": num_params,
         "tokens": run.loop.step * total_batch})

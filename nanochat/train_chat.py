@@ -78,7 +78,7 @@ class MidOptions(ChatOptions):
 @dataclass
 class SFTOptions(ChatOptions):
     source: Literal["base", "mid"] = "mid"  # the checkpoint to start from: mid (or base, to skip midtraining)
-    device_batch_size: int = 4  # conversations per forward pass per device
+    device_batch_size: int | None = None  # conversations per forward pass per device (None = auto; 4 off CUDA)
     target_examples_per_step: int = 32  # conversations per optimizer step (gradient accumulation fills it)
     num_epochs: float = 1.0  # passes over the mixture (when --num_iterations is none)
     num_iterations: int | None = None  # optimizer steps (None = num_epochs x mixture / target_examples_per_step)
@@ -123,6 +123,8 @@ def load_previous(opts: FinetuneOptions, device):
 def warn_if_larger(opts: FinetuneOptions, seq_len: int, prev: dict) -> None:
     """The previous run's batch fitted its GPU; a bigger one here may not (the memory is mostly activations)."""
     prev_opts = prev.get("options") or {}
+    if opts.device_batch_size is None:
+        return  # auto fits the GPU by itself
     prev_b, prev_t = prev_opts.get("device_batch_size"), prev_opts.get("max_seq_len")
     if not isinstance(prev_b, int) or not isinstance(prev_t, int) or prev_t <= 0:
         return
@@ -184,26 +186,46 @@ def padded_batching(opts: SFTOptions, tokenizer, T: int, world_size: int, device
                              f"({opts.num_epochs:g} epochs)")
 
 
+def auto_device_batch(opts: ChatOptions, compute, model, T: int) -> int:
+    """--device_batch_size=none: batch_fit.auto_device_batch over this rank's rows (mid) or
+    conversations (SFT) per step; off CUDA the phase's fixed default (mid 32, SFT 4)."""
+    from nanochat import batch_fit
+
+    ws = compute.dist.world_size
+    if isinstance(opts, SFTOptions):
+        rows, non_cuda = (opts.target_examples_per_step // ws if opts.target_examples_per_step % ws == 0 else None), 4
+    else:
+        total = opts.total_batch_size
+        rows, non_cuda = (total // (T * ws) if total is not None and total % (T * ws) == 0 else None), 32
+    return batch_fit.auto_device_batch(compute, model, T, rows, non_cuda=non_cuda)
+
+
 def train_chat(opts: ChatOptions, train_tasks, val_tasks, make_batching: Callable[..., Batching], *,
                task_names: str = "") -> dict:
     """Run midtraining (packed_batching) or SFT (padded_batching) on these conversations; returns a summary.
 
     train_tasks / val_tasks: sliceable sequences of conversations (tasks.common.Task and mixtures).
     """
+    import dataclasses
+    import functools
+
     import torch
     import torch.distributed as dist
 
+    from nanochat.batch_fit import OOMInjector, step_with_backoff
     from nanochat.common import dist_initialized
     from nanochat.hardware import mfu, peak_flops
     from nanochat.loss_eval import evaluate_loss
     from nanochat.run_log import train_line
     from nanochat.schedule import hold_then_decay, lr_multiplier, muon_momentum
-    from nanochat.training import begin, global_sum, oom_error, start_run
+    from nanochat.training import begin, global_sum, start_run
 
     compute = begin(opts)
     device, ws = compute.device, compute.dist.world_size
     model, tokenizer, prev_meta, tag, T = load_previous(opts, device)
     print0(f"train: {len(train_tasks):,} conversations, validation: {len(val_tasks):,}")
+    if opts.device_batch_size is None:
+        opts = dataclasses.replace(opts, device_batch_size=auto_device_batch(opts, compute, model, T))
     batching = make_batching(opts, tokenizer, T, ws, device, len(train_tasks))
     print0(f"batch: {batching.describe}")
     num_iterations = batching.num_iterations
@@ -222,6 +244,38 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, make_batching: Callabl
             dist.all_reduce(p, op=dist.ReduceOp.MAX)
         return p.item()
 
+    # the loaders always yield device_batch_size rows; after an out-of-memory they run in smaller micro-batches
+    B, micro, backoffs, inject = opts.device_batch_size, opts.device_batch_size, [], OOMInjector()
+
+    def on_backoff(step: int, new_micro: int) -> None:
+        chunks = B // new_micro
+        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}, accumulation "
+               f"{batching.grad_accum * chunks // 2} -> {batching.grad_accum * chunks}; redoing the step on the same rows")
+        backoffs.append({"step": step, "device_batch_size": new_micro})
+        run.log.record(step, device_batch_size=new_micro)
+
+    def run_step(batches, n_targets, step: int, micro: int):
+        """Forward and backward of the step's rows in micro-batches: (this rank's loss share, positions)."""
+        n = batching.grad_accum * (B // micro)
+        loss_sum = torch.zeros((), device=device)
+        positions = torch.zeros((), device=device)  # input positions computed (padding included)
+        for x, y in batches:
+            for xs, ys in zip(x.split(micro), y.split(micro)):
+                with run.amp():
+                    if batching.token_mean:
+                        loss = run.fwd(xs, ys, loss_reduction="sum")
+                        share, scaled = loss.detach() / n_targets, loss * ws / n_targets
+                    else:
+                        # the mean over this micro-batch's assistant tokens; a straight run at this
+                        # micro-batch size (packed rows are one stream whatever the batch) computes the same
+                        loss = run.fwd(xs, ys)
+                        share = scaled = loss / n
+                loss_sum += share.detach()
+                run.backward(scaled)
+                positions += xs.numel()
+                inject.check(step)
+        return loss_sum, positions
+
     val_loss = None
     while True:
         step = run.loop.step
@@ -237,27 +291,20 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, make_batching: Callabl
             break
 
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        positions = torch.zeros((), device=device)  # input positions computed (padding included)
+        batches = [next(loader) for _ in range(batching.grad_accum)]  # fetched once: a redone step reads the same rows
+        if batching.token_mean:
+            # the mean over all the step's assistant tokens on all ranks; the distributed optimizers
+            # average gradients over ranks, so each rank scales its sum by world_size
+            n_targets = global_sum(sum((y >= 0).sum() for _, y in batches).float()).clamp_(min=1)
+        else:
+            n_targets = None
         try:
-            batches = [next(loader) for _ in range(batching.grad_accum)]
-            if batching.token_mean:
-                # the mean over all the step's assistant tokens on all ranks; the distributed optimizers
-                # average gradients over ranks, so each rank scales its sum by world_size
-                n_targets = global_sum(sum((y >= 0).sum() for _, y in batches).float()).clamp_(min=1)
-            for x, y in batches:
-                with run.amp():
-                    if batching.token_mean:
-                        loss = run.fwd(x, y, loss_reduction="sum")
-                        share, scaled = loss.detach() / n_targets, loss * ws / n_targets
-                    else:
-                        loss = run.fwd(x, y)  # the mean over this batch's assistant tokens
-                        share = scaled = loss / batching.grad_accum
-                loss_sum += share.detach()
-                run.backward(scaled)
-                positions += x.numel()
+            (loss_sum, positions), micro = step_with_backoff(
+                functools.partial(run_step, batches, n_targets, step), micro, step=step, model=model,
+                on_backoff=on_backoff)
         except torch.OutOfMemoryError:
-            raise oom_error(opts.device_batch_size) from None
+            raise ValueError("out of GPU memory even at a device batch of 1: use a smaller model or a shorter "
+                             "--max_seq_len") from None
         if num_iterations:
             lrm = lr_multiplier(step, num_iterations, warmdown_ratio=opts.warmdown_ratio,
                                 final_lr_frac=opts.final_lr_frac)
@@ -281,7 +328,7 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, make_batching: Callabl
     if compute.dist.is_master and not run.stop.signalled:
         _print_samples(model, tokenizer, run.amp())
     summary = {"val_loss": val_loss, "min_val_loss": run.loop.min_val, "epochs": round(loader.epochs, 4),
-               "checkpoint": str(run.out_dir)}
+               "checkpoint": str(run.out_dir), "device_batch_size_final": micro, "oom_backoffs": backoffs}
     if hasattr(loader, "efficiency"):
         summary["padding_efficiency"] = round(loader.efficiency, 4)
     return run.finish(batching.section, {"source": f"{opts.source}/{tag}", "tasks": task_names,

@@ -148,7 +148,7 @@ class RLOptions(FinetuneOptions):
     max_new_tokens: int = 256  # tokens per completion at most (training and evaluation)
     temperature: float = 1.0  # sampling temperature of the rollouts
     top_k: int | None = 50  # rollouts sample among the k likeliest tokens (None = all)
-    device_batch_size: int = 8  # sequences per forward pass of the loss (gradient accumulation)
+    device_batch_size: int | None = None  # sequences per forward pass of the loss (None = auto; 8 off CUDA)
     num_epochs: float = 1.0  # passes over the training prompts (when --num_iterations is none)
     num_iterations: int | None = None  # optimizer steps (None = num_epochs x train prompts // examples_per_step)
     init_lr_frac: float = 0.05  # multiplier on the base learning rates
@@ -169,8 +169,13 @@ class RLOptions(FinetuneOptions):
 
 def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> dict:
     """Run RL on train_task (prompts with a reward), evaluating greedy pass@1 on eval_task."""
+    import dataclasses
+    import functools
+
     import torch.distributed as dist
 
+    from nanochat import batch_fit
+    from nanochat.batch_fit import OOMInjector, step_with_backoff
     from nanochat.chat_scoring import Progress, all_reduce_counts, eval_generative, problem_indices
     from nanochat.common import dist_initialized
     from nanochat.engine import Engine
@@ -178,7 +183,7 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
     from nanochat.run_log import format_duration, read_metrics
     from nanochat.schedule import lr_multiplier, muon_momentum
     from nanochat.train_chat import load_previous
-    from nanochat.training import begin, oom_error, start_run
+    from nanochat.training import begin, start_run
 
     compute = begin(opts)
     device, info = compute.device, compute.dist
@@ -191,6 +196,10 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
            f"{opts.examples_per_step} prompts x {opts.num_samples} samples over {ws} processes; "
            f"{num_iterations:,} steps")
 
+    if opts.device_batch_size is None:  # auto: over this rank's samples per step, at the model's context
+        samples_per_rank = opts.examples_per_step // ws * opts.num_samples
+        opts = dataclasses.replace(opts, device_batch_size=batch_fit.auto_device_batch(
+            compute, model, T, samples_per_rank, non_cuda=8))
     cursor = PromptCursor(len(train_task), seed=opts.seed)
     run = start_run(opts, compute, phase="rl", tag=tag, model=model, loader=cursor, num_iterations=num_iterations,
                     lr_frac=opts.init_lr_frac, dynamic=True,  # sequence lengths vary per chunk
@@ -212,6 +221,28 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
         if dist_initialized():
             dist.all_reduce(t)
         return t.tolist()
+
+    micro, backoffs, inject = opts.device_batch_size, [], OOMInjector()
+
+    def on_backoff(step: int, new_micro: int) -> None:
+        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}; redoing the step's loss "
+               "on the same samples")
+        backoffs.append({"step": step, "device_batch_size": new_micro})
+        run.log.record(step, device_batch_size=new_micro)
+
+    def loss_step(samples, adv, n_tokens: float, step: int, micro: int) -> torch.Tensor:
+        """Forward and backward of the step's samples, micro at a time: this rank's share of the loss."""
+        loss_sum = torch.zeros((), device=device)
+        for i in range(0, len(samples), micro):
+            inputs, targets = collate(samples[i : i + micro], tokenizer.bos_token_id, device)
+            with run.amp():
+                # each rank's share of the step's loss; the distributed optimizers average the
+                # ranks' gradients, so scale by world_size to get the gradient of the sum
+                loss = policy_gradient_loss(run.fwd, inputs, targets, adv[i : i + micro].to(device), n_tokens)
+            loss_sum += loss.detach()
+            run.backward(loss * ws)
+            inject.check(step)
+        return loss_sum
 
     pass_rate = None
     while True:
@@ -243,19 +274,13 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
             sum(s.reward for s in samples), sum(s.completion_len for s in samples), len(samples),
             trained_tokens(samples))
         n_tokens = max(n_tokens, 1.0)
-        loss_sum = torch.zeros((), device=device)
         try:
-            B = opts.device_batch_size
-            for i in range(0, len(samples), B):
-                inputs, targets = collate(samples[i : i + B], tokenizer.bos_token_id, device)
-                with run.amp():
-                    # each rank's share of the step's loss; the distributed optimizers average the
-                    # ranks' gradients, so scale by world_size to get the gradient of the sum
-                    loss = policy_gradient_loss(run.fwd, inputs, targets, adv[i : i + B].to(device), n_tokens)
-                loss_sum += loss.detach()
-                run.backward(loss * ws)
+            # the rollouts stay: an out-of-memory redoes only the loss, in smaller chunks of the same samples
+            loss_sum, micro = step_with_backoff(functools.partial(loss_step, samples, adv, n_tokens, step), micro,
+                                                step=step, model=model, on_backoff=on_backoff)
         except torch.OutOfMemoryError:
-            raise oom_error(opts.device_batch_size) from None
+            raise ValueError("out of GPU memory even at a device batch of 1: use a smaller model or a shorter "
+                             "--max_new_tokens") from None
         lrm = lr_multiplier(step, num_iterations, warmdown_ratio=opts.warmdown_ratio, final_lr_frac=opts.final_lr_frac)
         grad_norm = run.optimizer_step(lrm, muon_momentum(step, opts.momentum_warmup))
         (train_loss,) = global_sums(loss_sum.item())

@@ -40,7 +40,8 @@ class TrainOptions:
     """The options every training phase reads; each phase's options add their own."""
 
     # batch and horizon
-    device_batch_size: int = 32  # sequences per forward pass per device; lower it on out-of-memory
+    # An out-of-memory during the run halves the device batch and redoes the step (nanochat/batch_fit.py).
+    device_batch_size: int | None = None  # sequences per forward pass per device (None = auto: the largest power of two whose step fits the GPU; 32 off CUDA)
     num_iterations: int | None = None  # optimizer steps (None = the phase's own horizon, see its options)
     # optimization (learning rates of the base run; later phases scale them by init_lr_frac)
     embedding_lr: float = 0.2  # AdamW lr of the token embedding (scaled by (width/768)^-0.5)
@@ -163,11 +164,6 @@ def maybe_compile(model: torch.nn.Module, choice: bool | None, device_type: str,
     if choice or (choice is None and device_type == "cuda"):
         return torch.compile(model, dynamic=dynamic)
     return model
-
-
-def oom_error(device_batch_size: int) -> ValueError:
-    return ValueError(f"out of GPU memory at --device_batch_size={device_batch_size}: halve it (gradient "
-                      "accumulation keeps the batch per optimizer step, so the run trains the same)")
 
 
 def check_finite(loss: float, step: int) -> None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from nanochat.common import cpu_has_bf16
 from nanochat.tokenizer import SPLIT_PATTERN, Tokenizer
 from tests.conftest import REPO_ROOT, subprocess_env
 
@@ -121,12 +122,59 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(workspa
     assert one[-1] < one[0]
 
 
+def test_out_of_memory_halves_the_batch_and_redoes_the_step(workspace):
+    """An out-of-memory at step 3 (injected: CI has no GPU) halves the device batch and redoes the
+    step on the same rows: the loss curve is a straight run's at the smaller batch, no step lost."""
+    base, data = workspace
+    common = [*TINY, f"--corpus={data}", f"--total_batch_size={4 * SEQ}", "--num_iterations=6"]
+    straight = run([*common, "--device_batch_size=2", "--model_tag=oom_straight"], base)
+    assert straight.returncode == 0, straight.stderr
+    env_run = subprocess.run([sys.executable, "-m", "scripts.base_train", *common, "--device_batch_size=4",
+                              "--model_tag=oom_backoff"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                             env=subprocess_env(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1",
+                                                NANOCHAT_TEST_OOM_AT_STEP="3"))
+    assert env_run.returncode == 0, env_run.stderr
+    assert "out of memory at step 3: device batch 4 -> 2, accumulation 1 -> 2" in env_run.stdout
+    a, b = losses(base, "oom_straight"), losses(base, "oom_backoff")
+    assert len(a) == len(b) == 6
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    records = [json.loads(line) for line in (base / "base_checkpoints" / "oom_backoff" / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert [(r["step"], r["device_batch_size"]) for r in records if "device_batch_size" in r] == [(3, 2)]
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="no native bf16 on this CPU")
+def test_bf16_run_on_cpu_trains_like_fp32(workspace):
+    """--dtype=bf16, a GPU run's precision, end to end on a CPU with native bf16: training steps,
+    validation and the checkpoint, with losses close to an fp32 run's."""
+    base, data = workspace
+    tiny = [a for a in TINY if not a.startswith("--eval_every")]
+    common = [*tiny, f"--corpus={data}", "--device_batch_size=2", "--total_batch_size=none", "--num_iterations=6",
+              "--eval_every=3", "--eval_tokens=128"]
+    curves = {}
+    for dtype in ("fp32", "bf16"):
+        proc = run([*common, f"--dtype={dtype}", f"--model_tag=dtype_{dtype}"], base)
+        assert proc.returncode == 0, proc.stderr
+        assert f"cpu (cpu), {dtype}" in proc.stdout
+        curves[dtype] = losses(base, f"dtype_{dtype}")
+    assert curves["bf16"][-1] < curves["bf16"][0]
+    assert curves["bf16"] == pytest.approx(curves["fp32"], abs=0.1)
+
+
+def test_auto_device_batch_on_cpu_takes_the_rows_of_a_step(workspace):
+    base, data = workspace
+    proc = run([*TINY, f"--corpus={data}", f"--total_batch_size={4 * SEQ}", "--num_iterations=1",
+                "--device_batch_size=none", "--model_tag=auto"], base)
+    assert proc.returncode == 0, proc.stderr
+    assert f"= 4 x {SEQ} x 1 processes x 1 accumulation" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
         (["--device_batch_size=3", "--total_batch_size=100"], "--total_batch_size=100 is not a multiple of"),
         (["--model_dim=512"], "width follows --depth"),
-        (["--dtype=bf16"], "needs a CUDA GPU"),
+        (["--dtype=fp16"], "needs a CUDA GPU"),
         (["--device_type=cuda"], "no CUDA GPU is visible"),
         (["--corpus=/nonexistent/shards"], "no training shards"),
     ],

@@ -196,3 +196,27 @@ def test_resume_equals_straight(tmp_path, monkeypatch):
     assert any(not torch.equal(a[k], start[k]) for k in a)  # the run did train
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_out_of_memory_halves_the_batch_and_redoes_the_loss(tmp_path, monkeypatch):
+    """An out-of-memory at step 1 (injected: CI has no GPU) halves the device batch and redoes the
+    step's loss on the same rollouts: the run equals a straight one at the smaller batch."""
+    tasks = (Vowels(size=50, seed=0), Arithmetic(size=4, seed=1))
+    common = dict(offline=True, device_type="cpu", compile=False, examples_per_step=2, num_samples=3,
+                  max_new_tokens=12, max_problems=2, num_iterations=3, eval_every=None, init_lr_frac=1.0)
+    curves = {}
+    for name, device_batch, oom in (("straight", 2, ""), ("backoff", 4, "1")):
+        base = tmp_path / name
+        make_tiny_checkpoint(base, phase="sft", tag="d1")
+        monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
+        monkeypatch.setenv("NANOCHAT_TEST_OOM_AT_STEP", oom)
+        summary = train_rl(RLOptions(**common, device_batch_size=device_batch), *tasks)
+        assert summary["steps"] == 3
+        records = metrics(base / "chatrl_checkpoints" / "d1" / "metrics.jsonl")
+        curves[name] = [(records[s]["loss"], records[s]["reward"], records[s]["grad_norm"]) for s in range(3)]
+        if oom:
+            assert records[1]["device_batch_size"] == 2
+    assert any(loss != 0 for loss, _, _ in curves["straight"])
+    for a, b in zip(curves["backoff"], curves["straight"]):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)

@@ -254,6 +254,33 @@ def test_tiny_run_lowers_val_loss_and_resume_equals_straight(tmp_path, phase, sc
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("script, dirname, batch, oom_step", [
+    # midtraining's loss is the mean of the micro-batches' means, which depends on how rows are grouped:
+    # only a back-off at step 0 gives exactly the straight run at the smaller batch
+    ("mid_train", "mid_checkpoints", ["--total_batch_size=512"], 0),  # 8 rows of 64 a step
+    # SFT's is the mean over all the step's assistant tokens: exact whenever the back-off happens
+    ("chat_sft", "chatsft_checkpoints", ["--target_examples_per_step=8", "--source=base", "--init_lr_frac=1.0"], 2),
+])
+def test_out_of_memory_halves_the_batch_and_redoes_the_step(tmp_path, script, dirname, batch, oom_step):
+    """An out-of-memory (injected: CI has no GPU) halves the device batch and redoes the step on the
+    same rows: the losses are a straight run's at the smaller batch."""
+    curves = {}
+    for name, device_batch, oom in (("straight", 2, ""), ("backoff", 4, str(oom_step))):
+        base = tmp_path / name
+        make_tiny_checkpoint(base, phase="base", tag="d1")
+        cmd = [sys.executable, "-m", f"scripts.{script}", *TINY, *batch, f"--device_batch_size={device_batch}",
+               "--num_iterations=5", "--eval_every=none"]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                              env=subprocess_env(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1",
+                                                 NANOCHAT_TEST_OOM_AT_STEP=oom))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert (f"out of memory at step {oom_step}: device batch 4 -> 2" in proc.stdout) == bool(oom)
+        records = metrics(base / dirname / "d1" / "metrics.jsonl")
+        curves[name] = [records[s]["loss"] for s in range(5)]
+    assert curves["backoff"] == pytest.approx(curves["straight"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
 def test_missing_previous_phase_is_one_line(tmp_path):
     base = tmp_path / "empty"
     make_tiny_checkpoint(base, phase="rl", tag="d1")  # a tokenizer, but no base or mid checkpoint

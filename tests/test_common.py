@@ -69,7 +69,7 @@ def test_dtype_resolution():
     assert common.resolve_dtype("", "cpu") == "fp32"
     assert common.resolve_dtype("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        common.resolve_dtype("bf16", "cpu")
+        common.resolve_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="must be bf16, fp16 or fp32"):
         common.resolve_dtype("fp8", "cuda")
     assert common.resolve_dtype("fp16", "cuda") == "fp16"
