@@ -9,6 +9,8 @@ with --tiny it runs the same code on a tiny configuration, which is how CI keeps
 Sections (each recorded as figures, or as the one-line reason it could not run):
   train      tokens/s, MFU and peak memory of full training steps (forward, backward, Muon + AdamW) in
              bf16 with torch.compile: d20 at device batch 32 and d26 at 16, sequence 2048
+  autofit    the device batch --device_batch_size=none finds for d20 at sequence 2048 (nanochat/batch_fit.py)
+  backoff    an out-of-memory injected at step 2: the run halves its device batch, redoes the step, finishes
   sdpa       which scaled_dot_product_attention backend runs (flash expected on H100/H200)
   loss       the fused head+loss against the checkpointed chunked loss: step time and peak memory
   decode     KV-cache decoding of d20 with bf16 weights at batch 1 and 8: tokens/s, time to first token
@@ -131,6 +133,40 @@ def check_train(s: dict, device: str, dtype: str, compiled: bool) -> list[dict]:
                      "peak_memory_gib": peak_gib(device), "parameters": model.num_params()})
         del model
     return rows
+
+
+def check_autofit(s: dict, device: str, dtype: str) -> dict:
+    """--device_batch_size=none: the device batch batch_fit finds for the first training size."""
+    from nanochat import batch_fit
+    from nanochat.common import compute_init
+
+    compute = compute_init(device, dtype=dtype)
+    depth = s["train"][0][0]
+    reset_peak(device)
+    model = make_model(depth, s["seq"], s["vocab"], device)
+    t0 = time.perf_counter()
+    fitted = batch_fit.auto_device_batch(compute, model, s["seq"], None, non_cuda=batch_fit.AUTO_NON_CUDA)
+    return {"depth": depth, "seq": s["seq"], "device_batch_size": fitted, "seconds": round(time.perf_counter() - t0, 1),
+            "peak_memory_gib": peak_gib(device)}
+
+
+def check_backoff(root: Path, data: Path, device: str) -> dict:
+    """An out-of-memory injected at step 2 (NANOCHAT_TEST_OOM_AT_STEP): the run halves its device batch,
+    redoes the step and finishes."""
+    from nanochat.batch_fit import TEST_OOM_ENV
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", TEST_OOM_ENV: "2"}
+    cmd = [sys.executable, "-m", "scripts.base_train", "--depth=1", "--head_dim=32", "--max_seq_len=64",
+           "--device_batch_size=4", "--total_batch_size=256", "--num_iterations=4", "--eval_every=none",
+           "--sample_every=none", f"--corpus={data}", "--compile=false", f"--device_type={device}",
+           "--model_tag=backoff"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError("base_train failed: " + (out.stderr or out.stdout).strip().splitlines()[-1])
+    lines = [line for line in out.stdout.splitlines() if line.startswith("out of memory at step")]
+    if not lines:
+        raise RuntimeError("the injected out-of-memory left no back-off line in the log")
+    return {"log": lines[0], "finished": True}
 
 
 def check_sdpa(device: str, dtype: str) -> dict:
@@ -332,7 +368,7 @@ def markdown(results: dict) -> str:
     info = results["device"]
     lines = [f"### GPU check ({info.get('gpu', 'CPU')}, {info.get('gpus', 0)} GPU(s), torch {info['torch']}, "
              f"{results['config']})", ""]
-    for name in ("train", "sdpa", "loss", "decode", "serve", "core", "torchrun"):
+    for name in ("train", "autofit", "backoff", "sdpa", "loss", "decode", "serve", "core", "torchrun"):
         section = results.get(name)
         if section is None:
             continue
@@ -368,6 +404,8 @@ def main() -> int:
         root = Path(tmp)
         data = tiny_base(root)
         run_section(results, "train", check_train, s, device, dtype, compiled)
+        run_section(results, "autofit", check_autofit, s, device, dtype)
+        run_section(results, "backoff", check_backoff, root, data, device)
         run_section(results, "sdpa", check_sdpa, device, dtype)
         run_section(results, "loss", check_loss, s, device, dtype)
         run_section(results, "decode", check_decode, s, device, dtype)

@@ -15,11 +15,13 @@ def test_tiny_gpu_check_runs_every_section(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert results["config"] == "tiny"
-    for name in ("train", "sdpa", "loss", "decode", "serve", "core", "torchrun"):
+    for name in ("train", "autofit", "backoff", "sdpa", "loss", "decode", "serve", "core", "torchrun"):
         assert results[name]["ok"], (name, results[name])
     train = results["train"]["result"]
     assert [r["depth"] for r in train] == [1, 2] and all(r["tokens_per_s"] > 0 for r in train)
     assert {r["loss"] for r in results["loss"]["result"]} == {"fused", "checkpointed"}
+    assert results["autofit"]["result"]["device_batch_size"] >= 1
+    assert results["backoff"]["result"]["log"].startswith("out of memory at step 2: device batch 4 -> 2")
     assert [r["batch"] for r in results["decode"]["result"]] == [1, 8]
     assert results["serve"]["result"]["answered"] and results["serve"]["result"]["completion_tokens"] > 0
     assert results["torchrun"]["result"]["equal"] and results["torchrun"]["result"]["steps"] == 20
