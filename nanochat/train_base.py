@@ -145,14 +145,8 @@ def train_base(opts: BaseOptions) -> dict:
         print0(f"validation: {eval_steps * opts.device_batch_size * opts.max_seq_len * info.world_size:,} tokens "
                f"per evaluation{'' if opts.eval_tokens else ' (--eval_tokens=none: sized to the run)'}")
 
-    micro, backoffs, inject = B, [], OOMInjector()
-
-    def on_backoff(step: int, new_micro: int) -> None:
-        chunks = B // new_micro
-        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}, accumulation "
-               f"{grad_accum * chunks // 2} -> {grad_accum * chunks}; redoing the step on the same rows")
-        backoffs.append({"step": step, "device_batch_size": new_micro})
-        run.log.record(step, device_batch_size=new_micro)
+    micro, inject = B, OOMInjector()
+    on_backoff = run.backoff_logger(B, grad_accum, "the step on the same rows")
 
     def run_step(batches, step: int, micro: int) -> torch.Tensor:
         """Forward and backward of the step's rows in micro-batches; the local mean loss (detached)."""
@@ -209,7 +203,7 @@ def train_base(opts: BaseOptions) -> dict:
     loader.close()
     return run.finish(SECTION_BASE_TRAIN, {
         "model_tag": tag, "depth": opts.depth, "max_seq_len": opts.max_seq_len, "total_batch_size": total_batch,
-        "device_batch_size": B, "device_batch_size_final": micro, "oom_backoffs": backoffs,
+        "device_batch_size": B, "device_batch_size_final": micro, "oom_backoffs": run.backoffs,
         "num_iterations": num_iterations, "flops_per_token": flops_per_token,
     }, {"val_bpb": val_bpb, "min_val_bpb": run.loop.min_val, "parameters": num_params,
         "tokens": run.loop.step * total_batch})

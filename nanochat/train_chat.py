@@ -245,14 +245,8 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, make_batching: Callabl
         return p.item()
 
     # the loaders always yield device_batch_size rows; after an out-of-memory they run in smaller micro-batches
-    B, micro, backoffs, inject = opts.device_batch_size, opts.device_batch_size, [], OOMInjector()
-
-    def on_backoff(step: int, new_micro: int) -> None:
-        chunks = B // new_micro
-        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}, accumulation "
-               f"{batching.grad_accum * chunks // 2} -> {batching.grad_accum * chunks}; redoing the step on the same rows")
-        backoffs.append({"step": step, "device_batch_size": new_micro})
-        run.log.record(step, device_batch_size=new_micro)
+    B, micro, inject = opts.device_batch_size, opts.device_batch_size, OOMInjector()
+    on_backoff = run.backoff_logger(B, batching.grad_accum, "the step on the same rows")
 
     def run_step(batches, n_targets, step: int, micro: int):
         """Forward and backward of the step's rows in micro-batches: (this rank's loss share, positions)."""
@@ -328,7 +322,7 @@ def train_chat(opts: ChatOptions, train_tasks, val_tasks, make_batching: Callabl
     if compute.dist.is_master and not run.stop.signalled:
         _print_samples(model, tokenizer, run.amp())
     summary = {"val_loss": val_loss, "min_val_loss": run.loop.min_val, "epochs": round(loader.epochs, 4),
-               "checkpoint": str(run.out_dir), "device_batch_size_final": micro, "oom_backoffs": backoffs}
+               "checkpoint": str(run.out_dir), "device_batch_size_final": micro, "oom_backoffs": run.backoffs}
     if hasattr(loader, "efficiency"):
         summary["padding_efficiency"] = round(loader.efficiency, 4)
     return run.finish(batching.section, {"source": f"{opts.source}/{tag}", "tasks": task_names,

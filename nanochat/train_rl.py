@@ -222,13 +222,8 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
             dist.all_reduce(t)
         return t.tolist()
 
-    micro, backoffs, inject = opts.device_batch_size, [], OOMInjector()
-
-    def on_backoff(step: int, new_micro: int) -> None:
-        print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}; redoing the step's loss "
-               "on the same samples")
-        backoffs.append({"step": step, "device_batch_size": new_micro})
-        run.log.record(step, device_batch_size=new_micro)
+    micro, inject = opts.device_batch_size, OOMInjector()
+    on_backoff = run.backoff_logger(micro, None, "the step's loss on the same samples")
 
     def loss_step(samples, adv, n_tokens: float, step: int, micro: int) -> torch.Tensor:
         """Forward and backward of the step's samples, micro at a time: this rank's share of the loss."""
@@ -297,4 +292,5 @@ def train_rl(opts: RLOptions, train_task, eval_task, *, task_name: str = "") -> 
     return run.finish(SECTION_CHAT_RL, {"source": f"{opts.source}/{tag}", "task": task_name,
                                         "num_iterations": num_iterations},
                       {"reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
-                       "eval_pass_rate": pass_rate, "epochs": round(cursor.epochs, 4), "checkpoint": str(run.out_dir)})
+                       "eval_pass_rate": pass_rate, "epochs": round(cursor.epochs, 4), "checkpoint": str(run.out_dir),
+                       "device_batch_size_final": micro, "oom_backoffs": run.backoffs})

@@ -288,6 +288,7 @@ class Run:
     log: Any  # nanochat.run_log.RunLog
     extra_meta: dict = field(default_factory=dict)
     t_start: float = field(default_factory=time.time)
+    backoffs: list = field(default_factory=list)  # out-of-memory back-offs: {"step", "device_batch_size"}
 
     def amp(self):
         return self.compute.autocast()
@@ -309,6 +310,21 @@ class Run:
     def optimizer_step(self, lr_multiplier: float, momentum: float) -> float:
         return optimizer_step(self.model, self.optimizers, self.scaler, grad_clip=self.opts.grad_clip,
                               lr_multiplier=lr_multiplier, muon_momentum=momentum).item()
+
+    def backoff_logger(self, device_batch: int, grad_accum: int | None, redo: str):
+        """The on_backoff of batch_fit.step_with_backoff for this run: one log line, the metrics record and
+        self.backoffs (the report's oom_backoffs). grad_accum None: the phase has no fixed accumulation."""
+
+        def on_backoff(step: int, new_micro: int) -> None:
+            accum = ""
+            if grad_accum is not None:
+                chunks = device_batch // new_micro
+                accum = f", accumulation {grad_accum * chunks // 2} -> {grad_accum * chunks}"
+            print0(f"out of memory at step {step}: device batch {2 * new_micro} -> {new_micro}{accum}; redoing {redo}")
+            self.backoffs.append({"step": step, "device_batch_size": new_micro})
+            self.log.record(step, device_batch_size=new_micro)
+
+        return on_backoff
 
     def end_step(self, step: int, loss: float, dt: float, **metrics) -> float:
         """Check the loss, count the step, record its metrics; returns the smoothed loss to print."""
