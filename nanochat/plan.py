@@ -69,8 +69,8 @@ PRESETS = (
     Preset("80GB", 75_000, 20, 2048, 65536, True, 524_288, 0.48, 312e12,
            "upstream's d20 speedrun: ~4 h on 8 H100s at its measured ~48% MFU; one GPU takes 8 times as long"),
     Preset("40-48GB", 38_000, 12, 2048, 65536, True, 524_288, 0.40, 155e12,
-           "d12 at full sequence and vocabulary: about half a day on one A100 40GB or L40S, 1.5 h on 8 "
-           "(d20 would take ~4 days on one)"),
+           "d12 at full sequence and vocabulary: ~12 h on one A100 40GB, ~10 h on an L40S, 1.5 h on 8 "
+           "A100s (d20 would take ~5 days on one)"),
     Preset("24GB", 20_000, 10, 2048, 32768, True, 262_144, 0.35, 71e12,
            "d10 with a 32K vocabulary (a 64K one would hold half the parameters): ~7 h on an RTX 4090, "
            "~16 h on a 3090"),
@@ -78,10 +78,9 @@ PRESETS = (
            "d8 with a 32K vocabulary at full sequence: ~10 h on an RTX 4060 Ti 16GB (44 TFLOP/s), less on "
            "faster cards"),
     Preset("6-8GB", 0, 8, 1024, 16384, False, 131_072, 0.30, 24e12,
-           "d8, sequence 1024 and a 16K vocabulary fit 6 GB with room for the batch: ~9 h on an RTX 4060 "
-           "Laptop GPU; compile off: eager trains from the first second, where compiling each phase takes "
-           "minutes on a laptop CPU, needs a working Triton and recompiles for SFT's new batch shapes "
-           "(assumed cost: ~15% slower, COMPILE=1 turns it on)"),
+           "d8 at sequence 1024 with a 16K vocabulary fits 6 GB: ~9 h on an RTX 4060 Laptop GPU; compile off: "
+           "no minutes-long compile per phase on a laptop CPU, no Triton needed, no recompiles for SFT's "
+           "batch shapes (assumed ~15% slower: COMPILE=1 turns it on)"),
 )
 MPS_PRESET = Preset("MPS", 0, 4, 512, 8192, False, 32_768, 0.25, 7e12,
                     "Apple GPU: d4, sequence 512, 8K vocabulary, fp32 (the phases' default off CUDA), no "
