@@ -7,13 +7,13 @@
 # $WORKSPACE/speedrun.log as well as the terminal, the report to $WORKSPACE/nanochat_final_report.md.
 # Run it again after a lost pod or a crash: completed stages are skipped and the interrupted one
 # resumes from its last checkpoint.
-# Environment: WORKSPACE (/workspace), DEPTH (20), NUM_SHARDS (what DEPTH needs: d20 240, d26 460,
-# d32 800), RUN_RL (0), AUTO_BACKUP (0), AUTO_STOP (stop or 1: stop the pod when done, remove: delete
+# Environment: WORKSPACE (/workspace), DEPTH (the GPU memory's preset, nanochat/plan.py: d20 on 80 GB),
+# NUM_SHARDS (what DEPTH needs: d20 240, d26 460, d32 800), RUN_RL (0), AUTO_BACKUP (0), AUTO_STOP (stop or 1: stop the pod when done, remove: delete
 # it; needs runpodctl and RUNPOD_POD_ID), MAX_HOURS (a wall-clock limit, fractions allowed: the
 # running stage saves a checkpoint and stops, then a backup, then the pod stops, or is removed with
 # AUTO_STOP=remove; run again to resume), ALLOW_CPU=1 (run without a GPU: the small CPU configuration),
-# NPROC_PER_NODE (default every GPU CUDA_VISIBLE_DEVICES leaves visible), DEVICE_BATCH_SIZE (default
-# sized to the GPU memory), WANDB_RUN, and speedrun.sh's own knobs.
+# NPROC_PER_NODE (default every GPU CUDA_VISIBLE_DEVICES leaves visible), WANDB_RUN, and speedrun.sh's
+# own knobs (SEQ_LEN, VOCAB_SIZE, COMPILE, DEVICE_BATCH_SIZE: each wins over the preset).
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=dev/gpus.sh
@@ -22,7 +22,6 @@ WORKSPACE="${WORKSPACE:-/workspace}"
 export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$WORKSPACE/nanochat_artifacts}"
 LOG="$WORKSPACE/speedrun.log"
 FINAL_REPORT="$WORKSPACE/nanochat_final_report.md"
-DEPTH="${DEPTH:-20}"
 export SPEEDRUN_LOG="$LOG"
 
 die() { echo "error: $*" >&2; exit 1; }
@@ -57,8 +56,7 @@ if [ -n "${NPROC_PER_NODE:-}" ] && [ "$NGPU" -gt 0 ]; then
   GPU_ROWS=$(head -n "$NGPU" <<<"$GPU_ROWS")
 fi
 if [ "$NGPU" -gt 0 ]; then
-  GPU_MEM_MB=$(awk -F', *' '{print $4}' <<<"$GPU_ROWS" | sort -n | head -1 | tr -d ' ')
-  GPU_NAME=$(awk -F', *' 'NR == 1 {print $3}' <<<"$GPU_ROWS")
+  IFS=$'\t' read -r GPU_MEM_MB GPU_NAME < <(smallest_visible_gpu "$NGPU")
 fi
 FREE_GB=$(df -P -k "$WORKSPACE" | awk 'NR == 2 {print int($4 / 1048576)}')
 {
@@ -71,20 +69,17 @@ if [ "$NGPU" -eq 0 ]; then
   [ "${ALLOW_CPU:-0}" = 1 ] || die "no GPU is visible (nvidia-smi lists none): start a GPU pod, or set ALLOW_CPU=1 for the small CPU run"
   echo "plan:    CPU run (ALLOW_CPU=1): the small configuration of speedrun.sh" | tee -a "$LOG"
 else
-  # device batch sized to the GPU memory, the step's arithmetic, the shards DEPTH needs, the time and
-  # cost: nanochat/plan.py
+  # the preset of the smallest GPU's memory (depth, sequence, vocabulary, compile, batch), the shards
+  # its depth needs, the time and cost: nanochat/plan.py, as speedrun.sh will size the run
   PLAN=$(PYTHONPATH="$PWD" python3 -m nanochat.plan --gpus="$NGPU" --gpu_name="$GPU_NAME" --gpu_mem_mb="$GPU_MEM_MB" \
-         --device_batch_size="${DEVICE_BATCH_SIZE:-none}" --depth="$DEPTH" --vocab_size="${VOCAB_SIZE:-65536}") \
+         --depth="${DEPTH:-}" --max_seq_len="${SEQ_LEN:-}" --vocab_size="${VOCAB_SIZE:-}" --compile="${COMPILE:-}" \
+         --device_batch_size="${DEVICE_BATCH_SIZE:-}") \
     || die "could not plan the run (python3 -m nanochat.plan failed)"
   eval "$PLAN"
   NUM_SHARDS="${NUM_SHARDS:-$PLAN_NUM_SHARDS}"
-  export DEVICE_BATCH_SIZE NUM_SHARDS NPROC_PER_NODE="$NGPU"
-  HOURS="$PLAN_HOURS"
-  COST="$PLAN_COST"
-  [ "$COST" = unknown ] && COST="unknown for $GPU_NAME"
-  ESTIMATE="~$HOURS h, ~$COST at on-demand prices"
-  [ "$DEPTH" = 20 ] || ESTIMATE="time and cost as estimated for d20 (~$HOURS h, ~$COST): d$DEPTH differs"
-  echo "plan:    d$DEPTH on $NGPU GPU(s), $NUM_SHARDS shards, device_batch_size $DEVICE_BATCH_SIZE, $ESTIMATE" | tee -a "$LOG"
+  export NUM_SHARDS NPROC_PER_NODE="$NGPU"
+  echo "plan:    $PLAN_SUMMARY" | tee -a "$LOG"
+  echo "data:    $NUM_SHARDS FineWeb-Edu shards" | tee -a "$LOG"
   # ~100 MB per FineWeb-Edu shard, and d20 checkpoints with optimizer state (~7 GB each, two kept per phase)
   NEED_GB=$((NUM_SHARDS / 10 + 30))
   [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"

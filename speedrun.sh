@@ -3,15 +3,20 @@
 # (optional RL), evaluation after each phase, and the report card.
 #   bash speedrun.sh                      # picks a configuration for this machine
 #   NANOCHAT_OFFLINE=1 bash speedrun.sh   # force the embedded offline corpus and offline chat mixtures
-# On a GPU node: d20 on every visible GPU through torchrun, FineWeb-Edu shards and the chat datasets
-# when the network allows. Without a GPU: a CPU-sized run (depth 4, seq 256, vocab 4096) that
-# finishes in about 15 minutes on 2 cores. Every artifact goes to $NANOCHAT_BASE_DIR (~/.cache/nanochat).
+# On a GPU node: every visible GPU through torchrun, sized by the memory of the smallest one (a preset
+# of nanochat/plan.py: d8 on 6-8 GB up to upstream's d20 on 80 GB and more), FineWeb-Edu shards and
+# the chat datasets when the network allows; on an Apple GPU (MPS) a small preset in one process.
+# Without either: a CPU-sized run (depth 4, seq 256, vocab 4096) that finishes in about 15 minutes on
+# 2 cores. The preset and its time and cost estimate are printed before any stage. Every artifact
+# goes to $NANOCHAT_BASE_DIR (~/.cache/nanochat).
 #
 # Resumable: each completed stage leaves $NANOCHAT_BASE_DIR/stages/<stage>.done, and running the
 # script again skips those and resumes the interrupted one from its last checkpoint (a lost pod, a
 # crash, Ctrl-C). To start over, point NANOCHAT_BASE_DIR at a fresh directory.
-# Knobs (environment): DEPTH, VOCAB_SIZE, SEQ_LEN, BASE_STEPS, MID_STEPS, SFT_STEPS, RL_STEPS, EVAL_PROBLEMS,
-# DEVICE_BATCH_SIZE (GPU), CPU_RUN=1 (the CPU configuration on a GPU machine), RUN_RL=1,
+# Knobs (environment): DEPTH, VOCAB_SIZE, SEQ_LEN, COMPILE (1/0; GPU and MPS), DEVICE_BATCH_SIZE (GPU
+# and MPS; default auto), each winning over the preset; BASE_STEPS, MID_STEPS, SFT_STEPS, RL_STEPS,
+# EVAL_PROBLEMS, CPU_RUN=1 (the CPU configuration on a GPU machine), RUN_RL=1, DRY_RUN=1 (print the plan
+# and each stage's command, run none),
 # NPROC_PER_NODE (processes, default every GPU CUDA_VISIBLE_DEVICES leaves visible), NUM_SHARDS
 # (default: what DEPTH needs, nanochat/plan.py), WANDB_RUN=NAME (logs to wandb: installs the extra;
 # dummy or none = off); the step counts default to the phases' own horizons on GPU.
@@ -56,6 +61,13 @@ if [ "$NGPU" -gt 0 ]; then
     NGPU=$NPROC_PER_NODE
   fi
 fi
+# an Apple GPU on a Mac (where no torch import is spent elsewhere) unless the CPU configuration was asked for
+ACCEL=cpu
+if [ "$NGPU" -gt 0 ]; then
+  ACCEL=cuda
+elif [ "${CPU_RUN:-0}" != 1 ] && [ "$(uname -s)" = Darwin ] && "$PY" -c 'import sys, torch; sys.exit(0 if torch.backends.mps.is_available() else 1)' 2>/dev/null; then
+  ACCEL=mps
+fi
 mkdir -p "$STAGES"
 
 fmt() { printf '%dh%02dm%02ds' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
@@ -85,6 +97,10 @@ trap stop_stage TERM
 run_stage() {
   local name=$1 t0=$SECONDS rc=0
   shift
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "== $name: $*"
+    return 0
+  fi
   if [ -f "$STAGES/$name.done" ]; then
     echo "== $name: complete in an earlier run, skipped"
     return 0
@@ -124,21 +140,33 @@ import urllib.request
 urllib.request.urlopen("https://huggingface.co", timeout=5)
 EOF
 
-if [ "$NGPU" -gt 0 ]; then
-  DEPTH="${DEPTH:-20}"; VOCAB_SIZE="${VOCAB_SIZE:-65536}"
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # one process per GPU: CPU threads would only contend
-  LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NGPU")
-  # any GPU count: the step stays ~524,288 tokens (and ~32 SFT conversations) by rounding the
-  # gradient accumulation (nanochat/plan.py); DEVICE_BATCH_SIZE lowers memory use
-  eval "$("$PY" -m nanochat.plan --gpus="$NGPU" --device_batch_size="${DEVICE_BATCH_SIZE:-32}" --depth="$DEPTH" \
-          --vocab_size="$VOCAB_SIZE")"
+# the preset of this machine (nanochat/plan.py), with DEPTH, SEQ_LEN, VOCAB_SIZE, COMPILE and
+# DEVICE_BATCH_SIZE winning over it; its summary line is printed before any stage
+OVERRIDES=(--depth="${DEPTH:-}" --max_seq_len="${SEQ_LEN:-}" --vocab_size="${VOCAB_SIZE:-}")
+if [ "$ACCEL" != cpu ]; then
+  OVERRIDES+=(--compile="${COMPILE:-}" --device_batch_size="${DEVICE_BATCH_SIZE:-}")
+  if [ "$ACCEL" = cuda ]; then
+    IFS=$'\t' read -r GPU_MEM_MB GPU_NAME < <(smallest_visible_gpu "$NGPU") || true
+    PLAN=$("$PY" -m nanochat.plan --gpus="$NGPU" --gpu_name="${GPU_NAME:-}" --gpu_mem_mb="${GPU_MEM_MB:-0}" \
+           "${OVERRIDES[@]}") || exit 1
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # one process per GPU: CPU threads would only contend
+    LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NGPU")
+  else
+    PLAN=$("$PY" -m nanochat.plan --device_type=mps "${OVERRIDES[@]}") || exit 1
+    NGPU=1  # one device: the downloads and chat datasets of a GPU run (data and shards stages)
+    LAUNCH=("$PY")
+  fi
+  eval "$PLAN"
+  # any GPU count: the step stays near the preset's size (d20: ~524,288 tokens, ~32 SFT conversations)
+  # by rounding the gradient accumulation; the device batch is auto (the largest that fits) unless set
   NUM_SHARDS="${NUM_SHARDS:-$PLAN_NUM_SHARDS}"  # what DEPTH needs (d20: 240, d26: 460, d32: 800)
+  MODEL=(--max_seq_len="$SEQ_LEN" --compile="$COMPILE")
   BATCH=(--device_batch_size="$DEVICE_BATCH_SIZE" --total_batch_size="$TOTAL_BATCH_SIZE")
-  BASE_ARGS=(--depth="$DEPTH" --run="${WANDB_RUN:-none}" --save_every=1000 "${BATCH[@]}")
-  LOSS_ARGS=(--device_batch_size="$DEVICE_BATCH_SIZE")
-  MID_ARGS=(--run="${WANDB_RUN:-none}" --save_every=500 "${BATCH[@]}")
-  SFT_ARGS=(--run="${WANDB_RUN:-none}" --save_every=500 --target_examples_per_step="$SFT_EXAMPLES_PER_STEP")
-  RL_ARGS=(--run="${WANDB_RUN:-none}" --save_every=60 --examples_per_step="$RL_EXAMPLES_PER_STEP")
+  BASE_ARGS=(--depth="$DEPTH" --run="${WANDB_RUN:-none}" --save_every=1000 "${MODEL[@]}" "${BATCH[@]}")
+  LOSS_ARGS=(--device_batch_size="$EVAL_DEVICE_BATCH_SIZE")  # base_loss has no auto batch
+  MID_ARGS=(--run="${WANDB_RUN:-none}" --save_every=500 "${MODEL[@]}" "${BATCH[@]}")
+  SFT_ARGS=(--run="${WANDB_RUN:-none}" --save_every=500 --target_examples_per_step="$SFT_EXAMPLES_PER_STEP" "${MODEL[@]}")
+  RL_ARGS=(--run="${WANDB_RUN:-none}" --save_every=60 --examples_per_step="$RL_EXAMPLES_PER_STEP" "${MODEL[@]}")
   if [ -n "${BASE_STEPS:-}" ]; then BASE_ARGS+=(--num_iterations="$BASE_STEPS"); fi
   if [ -n "${MID_STEPS:-}" ]; then MID_ARGS+=(--num_iterations="$MID_STEPS"); fi
   if [ -n "${SFT_STEPS:-}" ]; then SFT_ARGS+=(--num_iterations="$SFT_STEPS"); fi
@@ -146,9 +174,11 @@ if [ "$NGPU" -gt 0 ]; then
   EVAL_ARGS=()
   CORE_ARGS=()
   [ -n "${EVAL_PROBLEMS:-}" ] && EVAL_ARGS=(--max_problems="$EVAL_PROBLEMS")
-  echo "GPU run: $NGPU GPU(s), depth $DEPTH, $NUM_SHARDS shards"
+  echo "$PLAN_SUMMARY"
+  echo "data: $NUM_SHARDS FineWeb-Edu shards when online"
 else
-  DEPTH="${DEPTH:-4}"; VOCAB_SIZE="${VOCAB_SIZE:-4096}"; SEQ_LEN="${SEQ_LEN:-256}"
+  PLAN=$("$PY" -m nanochat.plan --device_type=cpu "${OVERRIDES[@]}") || exit 1
+  eval "$PLAN"
   LAUNCH=("$PY")
   # ~2k tokens per step at ~1 step/s on 2 cores: 300 steps is ~5 minutes and clearly lowers bpb
   BASE_ARGS=(--depth="$DEPTH" --max_seq_len="$SEQ_LEN" --device_batch_size=8 --total_batch_size=none
@@ -164,7 +194,7 @@ else
            --num_iterations="${RL_STEPS:-30}" --eval_every=15 --max_problems="${EVAL_PROBLEMS:-20}" --save_every=15)
   EVAL_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --max_new_tokens=128)
   CORE_ARGS=(--max_problems="${EVAL_PROBLEMS:-20}" --device_batch_size=8)
-  echo "CPU run: no GPU found; a small configuration that finishes in minutes"
+  echo "$PLAN_SUMMARY"
 fi
 if [ "$ONLINE" = 1 ]; then CORPUS=fineweb-edu; CHAT_DATA=(); else CORPUS=embedded; CHAT_DATA=(--offline); fi
 # the chat phases on CPU use the offline mixtures: a few hundred steps would not get far into SmolTalk
@@ -227,6 +257,7 @@ if [ "${RUN_RL:-0}" = 1 ]; then
   run_stage rl-eval "${LAUNCH[@]}" -m scripts.chat_eval -i rl "${RL_EVAL[@]}" "${EVAL_ARGS[@]}"
 fi
 
+if [ "${DRY_RUN:-0}" = 1 ]; then exit 0; fi
 echo
 echo "== report ($(date +%H:%M:%S)) =="
 "$PY" -m nanochat.report generate

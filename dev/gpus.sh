@@ -35,3 +35,11 @@ visible_gpu_rows() {
 visible_gpu_count() {
   visible_gpu_rows | grep -c . || true
 }
+
+# smallest_visible_gpu [N]: "memory MiB<TAB>name" of the GPU with the least memory among the first N
+# visible ones (all when N is not given): the one that sizes the run; nothing without a GPU
+smallest_visible_gpu() {
+  visible_gpu_rows | head -n "${1:-1000}" | awk -F', *' '
+    NR == 1 || $4 + 0 < mem { mem = $4 + 0; name = $3 }
+    END { if (NR) printf "%d\t%s\n", mem, name }'
+}

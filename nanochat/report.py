@@ -288,8 +288,8 @@ def hardware_info() -> dict:
             props = torch.cuda.get_device_properties(i)
             gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)})
     prices = [gpu_entry(g["name"]) for g in gpus]
-    # a cost needs every GPU's price; one unlisted GPU makes the estimate unknown rather than low
-    hourly = sum(p[2] for p in prices) if gpus and all(prices) else None
+    # a cost needs every GPU's price; one unlisted (or unpriced: a laptop's) GPU makes it unknown rather than low
+    hourly = sum(p[2] for p in prices) if gpus and all(p and p[2] is not None for p in prices) else None
     return {"platform": platform.platform(), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
             "memory_gib": _memory_gib(), "gpus": gpus, "hourly_cost": hourly}
 

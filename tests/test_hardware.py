@@ -21,3 +21,13 @@ def test_gpu_table_matches_the_specific_model_first():
     assert gpu_entry("NVIDIA GeForce RTX 4090")[1] == 165e12
     assert gpu_entry("Some Unknown GPU") is None
     assert peak_flops("cpu") is None and peak_flops("mps") is None
+
+
+def test_small_and_workstation_gpus_are_listed():
+    """The 6-8 GB preset's cards: "AI TOPS" (sparse fp8) / 8 is their dense bf16 rate; no hourly price."""
+    assert gpu_entry("NVIDIA GeForce RTX 4060 Ti")[:2] == ("RTX 4060 Ti", 44e12)  # not the plain 4060's row
+    assert gpu_entry("NVIDIA GeForce RTX 4060 Laptop GPU") == ("RTX 4060 Laptop", 29e12, None)
+    assert gpu_entry("NVIDIA GeForce RTX 4060")[0] == "RTX 4060"
+    assert gpu_entry("NVIDIA GeForce RTX 4050 Laptop GPU") == ("RTX 4050", 24e12, None)
+    assert gpu_entry("NVIDIA RTX A6000")[1] == 155e12 and gpu_entry("NVIDIA RTX 6000 Ada Generation")[1] == 364e12
+    assert gpu_entry("NVIDIA L40S")[2] == 1.0

@@ -1,7 +1,9 @@
-"""What speedrun.sh and runpod_speedrun.sh check before any stage runs, with stand-ins on PATH for
-the tools a pod has and this machine lacks: nvidia-smi (4 GPUs), runpodctl, and uv (so that the
-set-up step records what it would install instead of installing it). The scripts themselves, the
-real .venv's torch and the real dev/gpus.sh run.
+"""What speedrun.sh and runpod_speedrun.sh check and print before any stage runs, with stand-ins on
+PATH for the tools a pod has and this machine lacks: nvidia-smi (4 GPUs), runpodctl, and uv (so that
+the set-up step records what it would install instead of installing it). The scripts themselves, the
+real dev/gpus.sh and nanochat/plan.py run, and the real .venv's torch, except where a stand-in torch
+package on PYTHONPATH plays a CUDA or Apple GPU and DRY_RUN=1 prints each stage's command instead
+of running it.
 """
 
 import os
@@ -11,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from nanochat.plan import make_plan
 from tests.conftest import REPO_ROOT
+
+H100 = ("NVIDIA H100 80GB HBM3", 81_559)
 
 NVIDIA_SMI = """#!/bin/sh
 # 4 H100s, as `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits` prints them
@@ -19,6 +24,20 @@ case "$*" in
   *query-gpu*) for i in 0 1 2 3; do echo "$i, GPU-5e1f0c2$i-aaaa-bbbb, NVIDIA H100 80GB HBM3, 81559"; done ;;
   *) for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-5e1f0c2$i-aaaa-bbbb)"; done ;;
 esac
+"""
+# torch as the scripts' one-line checks see it: FAKE_TORCH_GPUS CUDA devices, an Apple GPU with FAKE_TORCH_MPS=1
+FAKE_TORCH = """import os
+__version__ = "0.0+fake"
+
+
+class cuda:
+    is_available = staticmethod(lambda: int(os.environ.get("FAKE_TORCH_GPUS", "0")) > 0)
+    device_count = staticmethod(lambda: int(os.environ.get("FAKE_TORCH_GPUS", "0")))
+
+
+class backends:
+    class mps:
+        is_available = staticmethod(lambda: os.environ.get("FAKE_TORCH_MPS") == "1")
 """
 RECORD = """#!/bin/sh
 echo "$0 $*" >> "{log}"
@@ -112,7 +131,10 @@ def test_runpod_preflight_counts_visible_gpus_and_sizes_shards_by_depth(stubs, t
     proc = run("runpod_speedrun.sh", bin_dir, WORKSPACE=str(ws), CUDA_VISIBLE_DEVICES="3,1", DEPTH="32")
     out = proc.stdout + proc.stderr
     assert "GPUs:    2 x NVIDIA H100 80GB HBM3 (79 GiB each)" in out
-    assert "plan:    d32 on 2 GPU(s), 800 shards" in out  # d20 needs 240; d32 as upstream's run1000
+    # the preset with DEPTH winning, its estimate, and the shards d32 needs (d20 needs 240; d32 as upstream's run1000)
+    assert f"plan:    {make_plan(2, *H100, depth=32).summary()}\n" in out
+    assert "plan:    GPU run: 2 x NVIDIA H100 80GB HBM3 (80 GB) -> preset 80GB (overridden: depth): depth 32," in out
+    assert "data:    800 FineWeb-Edu shards" in out
     assert proc.returncode == 1  # then refused: too little disk for 800 shards here, or (past it) no CUDA torch
     last = proc.stderr.strip().splitlines()[-1]
     assert ("800 shards + checkpoints" in last) or ("nvidia-smi lists 2 GPU(s) but torch" in last), proc.stderr
@@ -121,6 +143,91 @@ def test_runpod_preflight_counts_visible_gpus_and_sizes_shards_by_depth(stubs, t
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: NPROC_PER_NODE=8: 4 GPU(s) are visible (CUDA_VISIBLE_DEVICES=unset); set 1 to 4"]
+
+
+@pytest.fixture
+def fake_torch(tmp_path):
+    folder = tmp_path / "fake_torch"
+    (folder / "torch").mkdir(parents=True)
+    (folder / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    return str(folder)
+
+
+def stage_commands(out: str) -> dict[str, str]:
+    """DRY_RUN=1's '== stage: command' lines."""
+    return dict(line[3:].split(": ", 1) for line in out.splitlines() if line.startswith("== ") and ": " in line)
+
+
+def dry_run(bin_dir: Path, base: Path, fake_torch: str, **env: str) -> subprocess.CompletedProcess:
+    proc = run("speedrun.sh", bin_dir, NANOCHAT_BASE_DIR=str(base), PYTHONPATH=fake_torch, DRY_RUN="1",
+               NANOCHAT_OFFLINE="1", **env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not list((base / "stages").glob("*.done"))  # nothing ran
+    return proc
+
+
+def test_speedrun_sizes_the_run_by_the_smallest_gpu_and_prints_it_first(stubs, tmp_path, fake_torch):
+    """An RTX 4090 beside a 6 GB laptop GPU: the 6-8GB preset (the smaller card must fit), printed
+    with its estimate before the first stage, and every training stage gets its flags."""
+    bin_dir, _ = stubs
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n"
+                                        "echo '0, GPU-aa, NVIDIA GeForce RTX 4090, 24564'\n"
+                                        "echo '1, GPU-bb, NVIDIA GeForce RTX 4050 Laptop GPU, 6141'\n")
+    proc = dry_run(bin_dir, tmp_path / "base", fake_torch, FAKE_TORCH_GPUS="2")
+    lines = proc.stdout.splitlines()
+    plan = make_plan(2, "NVIDIA GeForce RTX 4050 Laptop GPU", 6141)
+    assert lines[0] == plan.summary()
+    assert lines[0].startswith("GPU run: 2 x NVIDIA GeForce RTX 4050 Laptop GPU (6 GB) -> preset 6-8GB: depth 8, "
+                               "seq 1024, vocab 16384, compile off, device batch auto; ~5.5 h, cost unknown")
+    assert lines.index(lines[0]) < lines.index("== data: data")
+    cmd = stage_commands(proc.stdout)
+    assert cmd["tokenizer"].endswith("-m scripts.tok_train --vocab_size=16384 --corpus=embedded")
+    launch = ".venv/bin/python -m torch.distributed.run --standalone --nproc_per_node=2 -m "
+    assert cmd["base-train"].startswith(launch + "scripts.base_train ")
+    assert cmd["base-train"].endswith(" --depth=8 --run=none --save_every=1000 --max_seq_len=1024 --compile=false "
+                                      "--device_batch_size=none --total_batch_size=131072")
+    assert cmd["base-loss"].endswith("--device_batch_size=16")  # base_loss has no auto batch
+    assert cmd["mid-train"].endswith("--max_seq_len=1024 --compile=false --device_batch_size=none "
+                                     "--total_batch_size=131072")
+    assert cmd["sft-train"].endswith("--target_examples_per_step=32 --max_seq_len=1024 --compile=false")
+
+
+def test_speedrun_overrides_win_over_the_preset(stubs, tmp_path, fake_torch):
+    bin_dir, _ = stubs  # 4 H100s
+    proc = dry_run(bin_dir, tmp_path / "base", fake_torch, FAKE_TORCH_GPUS="4", DEPTH="6", SEQ_LEN="512",
+                   VOCAB_SIZE="8192", COMPILE="0", DEVICE_BATCH_SIZE="4", RUN_RL="1")
+    plan = make_plan(4, *H100, device_batch_size=4, depth=6, vocab_size=8192, max_seq_len=512, compile=False)
+    assert proc.stdout.splitlines()[0] == plan.summary()
+    assert "preset 80GB (overridden: depth, max_seq_len, vocab_size, compile, device_batch_size): depth 6, seq 512, " \
+           "vocab 8192, compile off, device batch 4;" in plan.summary()
+    cmd = stage_commands(proc.stdout)
+    assert cmd["tokenizer"].endswith("--vocab_size=8192 --corpus=embedded")
+    assert cmd["base-train"].endswith(f"--depth=6 --run=none --save_every=1000 --max_seq_len=512 --compile=false "
+                                      f"--device_batch_size=4 --total_batch_size={plan.total_batch_size}")
+    assert cmd["base-loss"].endswith("--device_batch_size=4")
+    assert cmd["rl-train"].endswith("--examples_per_step=16 --max_seq_len=512 --compile=false")
+    # without overrides: upstream's d20 on the H100s, its estimate at the table's price
+    line = dry_run(bin_dir, tmp_path / "base2", fake_torch, FAKE_TORCH_GPUS="4").stdout.splitlines()[0]
+    assert line.startswith("GPU run: 4 x NVIDIA H100 80GB HBM3 (80 GB) -> preset 80GB: depth 20, seq 2048, vocab 65536, "
+                           "compile on, device batch auto; ~7.7 h, ~$93 (at $3.00/GPU-hour)")
+
+
+def test_speedrun_on_an_apple_gpu_runs_the_mps_preset_in_one_process(stubs, tmp_path, fake_torch):
+    bin_dir, _ = stubs
+    (bin_dir / "nvidia-smi").unlink()
+    (bin_dir / "uname").write_text("#!/bin/sh\necho Darwin\n")  # speedrun asks torch about MPS on a Mac only
+    (bin_dir / "uname").chmod(0o755)
+    proc = dry_run(bin_dir, tmp_path / "base", fake_torch, FAKE_TORCH_MPS="1")
+    assert proc.stdout.splitlines()[0] == make_plan(device_type="mps").summary()
+    assert proc.stdout.startswith("MPS run: Apple GPU -> preset MPS: depth 4, seq 512, vocab 8192, compile off")
+    cmd = stage_commands(proc.stdout)
+    assert cmd["base-train"].startswith(".venv/bin/python -m scripts.base_train ")  # no torchrun
+    assert cmd["base-train"].endswith("--depth=4 --run=none --save_every=1000 --max_seq_len=512 --compile=false "
+                                      "--device_batch_size=none --total_batch_size=32768")
+    # CPU_RUN=1 keeps the CPU configuration, from the same table
+    proc = dry_run(bin_dir, tmp_path / "base2", fake_torch, FAKE_TORCH_MPS="1", CPU_RUN="1")
+    assert proc.stdout.splitlines()[0] == make_plan(device_type="cpu").summary()
+    assert "--depth=4 --max_seq_len=256 --device_batch_size=8" in stage_commands(proc.stdout)["base-train"]
 
 
 @pytest.mark.parametrize("env,message", [
