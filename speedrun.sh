@@ -20,6 +20,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=dev/lang.sh
+source dev/lang.sh
+lang_check
+export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$(lang_base_dir "$HOME/.cache/nanochat")}"
+lang_refuse_other "$NANOCHAT_BASE_DIR"  # before the set-up: a wrong dir is said at once
+KO=0
+if [ "$NANOCHAT_LANG" = ko ]; then
+  KO=1
+  # konlpy: the offline Korean corpus (embedded-ko)
+  case ",${NANOCHAT_EXTRAS:-}," in *,ko,*) ;; *) export NANOCHAT_EXTRAS="${NANOCHAT_EXTRAS:+$NANOCHAT_EXTRAS,}ko" ;; esac
+fi
 WANDB=0
 case "${WANDB_RUN:-}" in ""|dummy|none) ;; *) WANDB=1 ;; esac
 if [ "$WANDB" = 1 ]; then
@@ -30,7 +41,6 @@ source dev/setup_env.sh
 # shellcheck source=dev/gpus.sh
 source dev/gpus.sh
 PY=.venv/bin/python
-export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
 STAGES="$NANOCHAT_BASE_DIR/stages"
 
 # ---- checks that would otherwise fail hours in, before any stage
@@ -57,6 +67,7 @@ if [ "$NGPU" -gt 0 ]; then
   fi
 fi
 mkdir -p "$STAGES"
+lang_claim "$NANOCHAT_BASE_DIR"
 
 fmt() { printf '%dh%02dm%02ds' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
 # SIGTERM (runpod_speedrun.sh's MAX_HOURS, a plain kill): passed to the running stage's processes
@@ -169,28 +180,48 @@ fi
 if [ "$ONLINE" = 1 ]; then CORPUS=fineweb-edu; CHAT_DATA=(); else CORPUS=embedded; CHAT_DATA=(--offline); fi
 # the chat phases on CPU use the offline mixtures: a few hundred steps would not get far into SmolTalk
 [ "$NGPU" -eq 0 ] && CHAT_DATA=(--offline)
+TOK_ARGS=()
+EVAL_LANG=()
+# the Korean run: FineWeb-2 Korean online, the konlpy texts offline; the tokenizer with English (and
+# code) mixed in at a fifth of its characters; the Korean chat presets (with --offline, mid_train and
+# chat_sft take mid-ko-offline / sft-ko-offline); KoBEST and KMMLU beside the English evaluations
+if [ "$KO" = 1 ]; then
+  if [ "$CORPUS" = fineweb-edu ]; then CORPUS=ko; MIX_CORPUS=fineweb-edu; else CORPUS=embedded-ko; MIX_CORPUS=embedded; fi
+  TOK_ARGS=(--pattern=korean --mix_corpus="$MIX_CORPUS" --mix_share=0.2)
+  MID_ARGS+=(--tasks=mid-ko)
+  SFT_ARGS+=(--tasks=sft-ko)
+  IDENTITY_NAME="${IDENTITY_NAME:-나노챗}"
+fi
+# the identity conversations' name and creator (IDENTITY_NAME, IDENTITY_CREATOR; unset: the phases' defaults)
+IDENTITY=()
+if [ -n "${IDENTITY_NAME:-}" ]; then IDENTITY+=(--identity_name="$IDENTITY_NAME"); fi
+if [ -n "${IDENTITY_CREATOR:-}" ]; then IDENTITY+=(--identity_creator="$IDENTITY_CREATOR"); fi
 
 run_stage report-reset "$PY" -m nanochat.report reset
 
 data() {
-  if [ "$CORPUS" = fineweb-edu ]; then
+  if [ "$CORPUS" = fineweb-edu ] || [ "$CORPUS" = ko ]; then
     # 8 shards (~2B chars) for the tokenizer now; the rest (d20: 240) while the tokenizer trains
-    "$PY" -m nanochat.dataset -n 8
+    "$PY" -m nanochat.dataset --corpus="$CORPUS" -n 8
+    # the Korean tokenizer's English fifth: 2 FineWeb-Edu shards (~500M characters)
+    if [ "$KO" = 1 ]; then "$PY" -m nanochat.dataset --corpus=fineweb-edu -n 2; fi
     if [ "$NGPU" -gt 0 ]; then
-      "$PY" -m nanochat.dataset -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
+      "$PY" -m nanochat.dataset --corpus="$CORPUS" -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
       echo $! > "$STAGES/download.pid"
     fi
+    # every chat and evaluation dataset of tasks/sources.py, KoAlpaca, KoBEST and KMMLU included
     if [ "${#CHAT_DATA[@]}" -eq 0 ]; then "$PY" -m tasks.sources --dataset=all; fi
   else
-    echo "offline: building the embedded corpus from the local Python install"
-    "$PY" -m nanochat.dataset --corpus=embedded
+    if [ "$KO" = 1 ]; then echo "offline: building the Korean embedded corpus from the konlpy wheel"
+    else echo "offline: building the embedded corpus from the local Python install"; fi
+    "$PY" -m nanochat.dataset --corpus="$CORPUS"
   fi
 }
 run_stage data data
 
 TOK_CORPUS="$CORPUS"
 [ "$CORPUS" = fineweb-edu ] && TOK_CORPUS="$NANOCHAT_BASE_DIR/base_data"
-run_stage tokenizer "$PY" -m scripts.tok_train --vocab_size="$VOCAB_SIZE" --corpus="$TOK_CORPUS"
+run_stage tokenizer "$PY" -m scripts.tok_train --vocab_size="$VOCAB_SIZE" --corpus="$TOK_CORPUS" "${TOK_ARGS[@]}"
 run_stage tokenizer-eval "$PY" -m scripts.tok_eval
 
 shards() {
@@ -199,7 +230,9 @@ shards() {
     echo "waiting for the shard download (log: $NANOCHAT_BASE_DIR/download.log)"
     while kill -0 "$(cat "$STAGES/download.pid")" 2>/dev/null; do sleep 5; done
   fi
-  if [ "$CORPUS" = fineweb-edu ] && [ "$NGPU" -gt 0 ]; then "$PY" -m nanochat.dataset -n "$NUM_SHARDS"; fi
+  if { [ "$CORPUS" = fineweb-edu ] || [ "$CORPUS" = ko ]; } && [ "$NGPU" -gt 0 ]; then
+    "$PY" -m nanochat.dataset --corpus="$CORPUS" -n "$NUM_SHARDS"
+  fi
   rm -f "$STAGES/download.pid"
 }
 run_stage shards shards
@@ -215,10 +248,10 @@ log_section(SECTION_BASE_EVAL, {"CORE": None}, notes=["CORE not available offlin
   fi
 }
 run_stage base-eval base_eval
-run_stage mid-train "${LAUNCH[@]}" -m scripts.mid_train --resume=auto "${CHAT_DATA[@]}" "${MID_ARGS[@]}"
-run_stage mid-eval "${LAUNCH[@]}" -m scripts.chat_eval -i mid "${EVAL_ARGS[@]}"
-run_stage sft-train "${LAUNCH[@]}" -m scripts.chat_sft --resume=auto "${CHAT_DATA[@]}" "${SFT_ARGS[@]}"
-run_stage sft-eval "${LAUNCH[@]}" -m scripts.chat_eval -i sft "${EVAL_ARGS[@]}"
+run_stage mid-train "${LAUNCH[@]}" -m scripts.mid_train --resume=auto "${CHAT_DATA[@]}" "${MID_ARGS[@]}" "${IDENTITY[@]}"
+run_stage mid-eval "${LAUNCH[@]}" -m scripts.chat_eval -i mid "${EVAL_ARGS[@]}" "${EVAL_LANG[@]}"
+run_stage sft-train "${LAUNCH[@]}" -m scripts.chat_sft --resume=auto "${CHAT_DATA[@]}" "${SFT_ARGS[@]}" "${IDENTITY[@]}"
+run_stage sft-eval "${LAUNCH[@]}" -m scripts.chat_eval -i sft "${EVAL_ARGS[@]}" "${EVAL_LANG[@]}"
 if [ "${RUN_RL:-0}" = 1 ]; then
   # GSM8K online; offline (and on CPU) the generated arithmetic word problems, scored the same way
   RL_EVAL=(-a GSM8K)
@@ -231,7 +264,8 @@ echo
 echo "== report ($(date +%H:%M:%S)) =="
 "$PY" -m nanochat.report generate
 echo "artifacts in $NANOCHAT_BASE_DIR; report: $NANOCHAT_BASE_DIR/report/report.md (copied to ./report.md)"
-echo "talk to it: $PY -m scripts.chat_cli -p 'Why is the sky blue?'"
+if [ "$KO" = 1 ]; then echo "talk to it: $PY -m scripts.chat_cli -p '하늘은 왜 파란가요?'"
+else echo "talk to it: $PY -m scripts.chat_cli -p 'Why is the sky blue?'"; fi
 if [ -n "${RUNPOD_POD_ID:-}" ]; then
   echo "in a browser: $PY -m scripts.chat_web, then open https://$RUNPOD_POD_ID-8000.proxy.runpod.net/ (the pod must expose HTTP port 8000: Connect -> HTTP Service [8000])"
 else
