@@ -17,6 +17,7 @@ from torch import nn
 from nanochat.chat_scoring import (
     BASELINES,
     CHATCORE_TASKS,
+    KOREAN_TASKS,
     Counts,
     Progress,
     chatcore,
@@ -153,6 +154,9 @@ def test_chatcore_arithmetic():
     assert chatcore({**accs, "GSM8K": None}) == (None, ["GSM8K"])
     del accs["HumanEval"], accs["MMLU"]
     assert chatcore(accs) == (None, ["MMLU", "HumanEval"])
+    # ChatCORE-ko: the same centering over the Korean tasks, whatever English scores there are
+    assert chatcore({**accs, "KMMLU": 0.4}, KOREAN_TASKS) == (pytest.approx(0.15 / 0.75), [])
+    assert chatcore(accs, KOREAN_TASKS) == (None, ["KMMLU"])
 
 
 @pytest.fixture
@@ -364,6 +368,11 @@ def test_bad_options_fail_before_loading_anything():
         parse(Options, ["--source=base"])
     assert Options(tasks="gsm8k | ARC-Easy|gsm8k").task_names() == ["GSM8K", "ARC-Easy"]
     assert Options().task_names() == list(CHATCORE_TASKS)
+    both = Options(tasks="KMMLU|all|korean")
+    assert both.task_names() == ["KMMLU", *CHATCORE_TASKS] and list(both.summaries()) == ["ChatCORE", "ChatCORE-ko"]
+    assert list(Options(tasks="korean").summaries()) == ["ChatCORE-ko"]
+    with pytest.raises(ConfigError, match="or a set: all, korean"):
+        parse(Options, ["-a", "all|koreans"], aliases={"-a": "tasks"})
 
 
 @pytest.mark.slow
