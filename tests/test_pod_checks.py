@@ -180,7 +180,8 @@ def test_max_hours_stops_the_pod_by_default(stubs, tmp_path):
 LANG_ERROR = "error: NANOCHAT_LANG=fr: use en (the default, English) or ko (the Korean run)"
 
 
-@pytest.mark.parametrize("script", ["speedrun.sh", "runpod_speedrun.sh", "dev/runcpu.sh", "dev/launch.sh"])
+@pytest.mark.parametrize("script", ["speedrun.sh", "runpod_speedrun.sh", "dev/runcpu.sh", "dev/launch.sh",
+                                    "runpod_storage.sh"])
 def test_a_language_other_than_en_or_ko_is_one_line_before_anything(stubs, tmp_path, script):
     bin_dir, calls = stubs
     base = tmp_path / "base"
