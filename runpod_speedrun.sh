@@ -3,13 +3,16 @@
 #   screen -L -S speedrun bash runpod_speedrun.sh       # then Ctrl-a d to detach; screen -r to come back
 #   RUN_RL=1 AUTO_BACKUP=1 AUTO_STOP=stop bash runpod_speedrun.sh
 #   MAX_HOURS=4 AUTO_STOP=remove bash runpod_speedrun.sh   # a budget: save, back up and remove the pod at 4 h
+#   NANOCHAT_LANG=ko bash runpod_speedrun.sh             # the Korean run (speedrun.sh), in nanochat_artifacts_ko
 # Every artifact goes to $WORKSPACE/nanochat_artifacts (the volume survives the pod), the log to
 # $WORKSPACE/speedrun.log as well as the terminal, the report to $WORKSPACE/nanochat_final_report.md.
 # Run it again after a lost pod or a crash: completed stages are skipped and the interrupted one
 # resumes from its last checkpoint.
-# Environment: WORKSPACE (/workspace), DEPTH (the GPU memory's preset, nanochat/plan.py: d20 on 80 GB),
-# NUM_SHARDS (what DEPTH needs: d20 240, d26 460, d32 800), RUN_RL (0), AUTO_BACKUP (0), AUTO_STOP (stop or 1: stop the pod when done, remove: delete
-# it; needs runpodctl and RUNPOD_POD_ID), MAX_HOURS (a wall-clock limit, fractions allowed: the
+# Environment: NANOCHAT_LANG (en; ko: the Korean run, in $WORKSPACE/nanochat_artifacts_ko), WORKSPACE
+# (/workspace), DEPTH (the GPU memory's preset, nanochat/plan.py: d20 on 80 GB), NUM_SHARDS (what DEPTH
+# needs: d20 240, d26 460, d32 800), RUN_RL (0), AUTO_BACKUP (0), AUTO_STOP (stop or 1: stop the pod
+# when done, remove: delete it; needs runpodctl and RUNPOD_POD_ID), MAX_HOURS (a wall-clock limit,
+# fractions allowed: the
 # running stage saves a checkpoint and stops, then a backup, then the pod stops, or is removed with
 # AUTO_STOP=remove; run again to resume), ALLOW_CPU=1 (run without a GPU: the small CPU configuration),
 # NPROC_PER_NODE (default every GPU CUDA_VISIBLE_DEVICES leaves visible), WANDB_RUN, and speedrun.sh's
@@ -18,8 +21,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=dev/gpus.sh
 source dev/gpus.sh
+# shellcheck source=dev/lang.sh
+source dev/lang.sh
+lang_check
 WORKSPACE="${WORKSPACE:-/workspace}"
-export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$WORKSPACE/nanochat_artifacts}"
+export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$(lang_base_dir "$WORKSPACE/nanochat_artifacts")}"
+lang_refuse_other "$NANOCHAT_BASE_DIR"
 LOG="$WORKSPACE/speedrun.log"
 FINAL_REPORT="$WORKSPACE/nanochat_final_report.md"
 export SPEEDRUN_LOG="$LOG"
@@ -84,7 +91,7 @@ else
   NEED_GB=$((NUM_SHARDS / 10 + 30))
   [ "$FREE_GB" -ge "$NEED_GB" ] || die "only $FREE_GB GiB free on $WORKSPACE, the run needs about $NEED_GB GiB ($NUM_SHARDS shards + checkpoints): grow the volume or lower NUM_SHARDS"
 fi
-echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   pod at the end: ${POD_ACTION:-left running}   time limit: ${MAX_HOURS:-none}${MAX_HOURS:+ h}   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"
+echo "RL:      ${RUN_RL:-0} (RUN_RL=1 to run it)   pod at the end: ${POD_ACTION:-left running}   time limit: ${MAX_HOURS:-none}${MAX_HOURS:+ h}   language: $NANOCHAT_LANG   artifacts: $NANOCHAT_BASE_DIR" | tee -a "$LOG"
 
 # stop_pod: AUTO_STOP's action (stop | remove) with runpodctl, or the line saying why it cannot
 stop_pod() {

@@ -9,7 +9,8 @@
 #   bash runpod_storage.sh cleanup [--keep N] [--keep-backups N] [--keep-logs N] [-y]   # list, then -y deletes
 #
 # WORKSPACE (default /workspace, the RunPod network volume: it survives the pod) holds
-#   nanochat_artifacts/        everything the pipeline writes ($NANOCHAT_BASE_DIR, if set, instead)
+#   nanochat_artifacts/        everything the pipeline writes ($NANOCHAT_BASE_DIR, if set, instead;
+#                              nanochat_artifacts_ko/ for NANOCHAT_LANG=ko, as runpod_speedrun.sh)
 #   nanochat_final_report.md   the final report
 #   backups/NAME.tar.gz        archives: artifacts/ (the base dir), the report, BACKUP_INFO
 #   backups/NAME.tar.gz.sha256 its checksum, in `sha256sum -c` format
@@ -23,7 +24,10 @@ set -euo pipefail
 
 WORKSPACE="${WORKSPACE:-/workspace}"
 WORKSPACE="${WORKSPACE%/}"
-ART="${NANOCHAT_BASE_DIR:-$WORKSPACE/nanochat_artifacts}"
+# shellcheck source=dev/lang.sh
+source "$(dirname "${BASH_SOURCE[0]}")/dev/lang.sh"
+lang_check
+ART="${NANOCHAT_BASE_DIR:-$(lang_base_dir "$WORKSPACE/nanochat_artifacts")}"  # NANOCHAT_LANG=ko: nanochat_artifacts_ko
 ART="${ART/#\~/$HOME}"
 ART="${ART%/}"
 case "$ART" in /*) ;; *) ART="$PWD/$ART" ;; esac

@@ -3,12 +3,21 @@
 # (optional RL), evaluation after each phase, and the report card.
 #   bash speedrun.sh                      # picks a configuration for this machine
 #   NANOCHAT_OFFLINE=1 bash speedrun.sh   # force the embedded offline corpus and offline chat mixtures
+#   NANOCHAT_LANG=ko bash speedrun.sh     # the Korean run, in ~/.cache/nanochat_ko (below)
 # On a GPU node: every visible GPU through torchrun, sized by the memory of the smallest one (a preset
 # of nanochat/plan.py: d8 on 6-8 GB up to upstream's d20 on 80 GB and more), FineWeb-Edu shards and
 # the chat datasets when the network allows; on an Apple GPU (MPS) a small preset in one process.
 # Without either: a CPU-sized run (depth 4, seq 256, vocab 4096) that finishes in about 15 minutes on
 # 2 cores. The preset and its time and cost estimate are printed before any stage. Every artifact
 # goes to $NANOCHAT_BASE_DIR (~/.cache/nanochat).
+#
+# NANOCHAT_LANG: en (the default) or ko, the same run for a Korean model: FineWeb-2 Korean shards
+# (offline: the konlpy texts, embedded-ko, 52K characters, CPU only), a tokenizer with --pattern=korean
+# and a fifth English (FineWeb-Edu; offline the embedded corpus), the Korean chat presets mid-ko and
+# sft-ko (CPU or offline: mid-ko-offline, sft-ko-offline) naming the model 나노챗, and KoBEST and KMMLU
+# beside the English evaluations; RL, when asked for, is the English one (chat_rl has no Korean task).
+# Its artifacts go to ~/.cache/nanochat_ko unless NANOCHAT_BASE_DIR says otherwise; a base dir holding
+# the other language's run is refused (the language is recorded in $NANOCHAT_BASE_DIR/language).
 #
 # Resumable: each completed stage leaves $NANOCHAT_BASE_DIR/stages/<stage>.done, and running the
 # script again skips those and resumes the interrupted one from its last checkpoint (a lost pod, a
@@ -19,12 +28,24 @@
 # and each stage's command, run none),
 # NPROC_PER_NODE (processes, default every GPU CUDA_VISIBLE_DEVICES leaves visible), NUM_SHARDS
 # (default: what DEPTH needs, nanochat/plan.py), WANDB_RUN=NAME (logs to wandb: installs the extra;
-# dummy or none = off); the step counts default to the phases' own horizons on GPU.
+# dummy or none = off), IDENTITY_NAME / IDENTITY_CREATOR (who the identity conversations say the model
+# is; ko: 나노챗); the step counts default to the phases' own horizons on GPU.
 # SIGTERM to this script stops the running stage the way dev/launch.sh stop does (a training phase
 # saves a checkpoint and exits 143); a rerun resumes it.
 set -euo pipefail
 cd "$(dirname "$0")"
 die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=dev/lang.sh
+source dev/lang.sh
+lang_check
+export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$(lang_base_dir "$HOME/.cache/nanochat")}"
+lang_refuse_other "$NANOCHAT_BASE_DIR"  # before the set-up: a wrong dir is said at once
+KO=0
+if [ "$NANOCHAT_LANG" = ko ]; then
+  KO=1
+  # konlpy: the offline Korean corpus (embedded-ko)
+  case ",${NANOCHAT_EXTRAS:-}," in *,ko,*) ;; *) export NANOCHAT_EXTRAS="${NANOCHAT_EXTRAS:+$NANOCHAT_EXTRAS,}ko" ;; esac
+fi
 WANDB=0
 case "${WANDB_RUN:-}" in ""|dummy|none) ;; *) WANDB=1 ;; esac
 if [ "$WANDB" = 1 ]; then
@@ -35,7 +56,6 @@ source dev/setup_env.sh
 # shellcheck source=dev/gpus.sh
 source dev/gpus.sh
 PY=.venv/bin/python
-export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
 STAGES="$NANOCHAT_BASE_DIR/stages"
 
 # ---- checks that would otherwise fail hours in, before any stage
@@ -69,6 +89,7 @@ elif [ "${CPU_RUN:-0}" != 1 ] && [ "$(uname -s)" = Darwin ] && "$PY" -c 'import 
   ACCEL=mps
 fi
 mkdir -p "$STAGES"
+lang_claim "$NANOCHAT_BASE_DIR"
 
 fmt() { printf '%dh%02dm%02ds' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
 # SIGTERM (runpod_speedrun.sh's MAX_HOURS, a plain kill): passed to the running stage's processes
@@ -139,6 +160,13 @@ if [ "${NANOCHAT_OFFLINE:-0}" != 1 ] && "$PY" - <<'EOF' 2>/dev/null; then ONLINE
 import urllib.request
 urllib.request.urlopen("https://huggingface.co", timeout=5)
 EOF
+# the Korean run offline trains on embedded-ko, 52K characters (~1,500 validation tokens at vocab
+# 4096): a GPU would have nothing to train on, and on CPU a validation batch of 8 x 257 tokens would
+# not fit where 8 x 129 does
+if [ "$KO" = 1 ] && [ "$ONLINE" = 0 ]; then
+  [ "$NGPU" -eq 0 ] || die "NANOCHAT_LANG=ko offline has only the konlpy texts (52K characters) to train on, too little for a GPU run: run it online (FineWeb-2 Korean), or CPU_RUN=1 for the small CPU run"
+  SEQ_LEN="${SEQ_LEN:-128}"
+fi
 
 # the preset of this machine (nanochat/plan.py), with DEPTH, SEQ_LEN, VOCAB_SIZE, COMPILE and
 # DEVICE_BATCH_SIZE winning over it; its summary line is printed before any stage
@@ -199,28 +227,51 @@ fi
 if [ "$ONLINE" = 1 ]; then CORPUS=fineweb-edu; CHAT_DATA=(); else CORPUS=embedded; CHAT_DATA=(--offline); fi
 # the chat phases on CPU use the offline mixtures: a few hundred steps would not get far into SmolTalk
 [ "$NGPU" -eq 0 ] && CHAT_DATA=(--offline)
+TOK_ARGS=()
+CORE_TASKS=()
+CHAT_TASKS=()
+# the Korean run: FineWeb-2 Korean online, the konlpy texts offline; the tokenizer with English (and
+# code) mixed in at a fifth of its characters; the Korean chat presets (with --offline, mid_train and
+# chat_sft take mid-ko-offline / sft-ko-offline); KoBEST and KMMLU beside the English evaluations
+if [ "$KO" = 1 ]; then
+  if [ "$CORPUS" = fineweb-edu ]; then CORPUS=ko; MIX_CORPUS=fineweb-edu; else CORPUS=embedded-ko; MIX_CORPUS=embedded; fi
+  TOK_ARGS=(--pattern=korean --mix_corpus="$MIX_CORPUS" --mix_share=0.2)
+  MID_ARGS+=(--tasks=mid-ko)
+  SFT_ARGS+=(--tasks=sft-ko)
+  CORE_TASKS=(--tasks='CORE|KoBEST')
+  CHAT_TASKS=(-a 'all|korean')
+  IDENTITY_NAME="${IDENTITY_NAME:-나노챗}"
+fi
+# the identity conversations' name and creator (IDENTITY_NAME, IDENTITY_CREATOR; unset: the phases' defaults)
+IDENTITY=()
+if [ -n "${IDENTITY_NAME:-}" ]; then IDENTITY+=(--identity_name="$IDENTITY_NAME"); fi
+if [ -n "${IDENTITY_CREATOR:-}" ]; then IDENTITY+=(--identity_creator="$IDENTITY_CREATOR"); fi
 
 run_stage report-reset "$PY" -m nanochat.report reset
 
 data() {
-  if [ "$CORPUS" = fineweb-edu ]; then
+  if [ "$CORPUS" = fineweb-edu ] || [ "$CORPUS" = ko ]; then
     # 8 shards (~2B chars) for the tokenizer now; the rest (d20: 240) while the tokenizer trains
-    "$PY" -m nanochat.dataset -n 8
+    "$PY" -m nanochat.dataset --corpus="$CORPUS" -n 8
+    # the Korean tokenizer's English fifth: 2 FineWeb-Edu shards (~500M characters)
+    if [ "$KO" = 1 ]; then "$PY" -m nanochat.dataset --corpus=fineweb-edu -n 2; fi
     if [ "$NGPU" -gt 0 ]; then
-      "$PY" -m nanochat.dataset -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
+      "$PY" -m nanochat.dataset --corpus="$CORPUS" -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/download.log" 2>&1 &
       echo $! > "$STAGES/download.pid"
     fi
+    # every chat and evaluation dataset of tasks/sources.py, KoAlpaca, KoBEST and KMMLU included
     if [ "${#CHAT_DATA[@]}" -eq 0 ]; then "$PY" -m tasks.sources --dataset=all; fi
   else
-    echo "offline: building the embedded corpus from the local Python install"
-    "$PY" -m nanochat.dataset --corpus=embedded
+    if [ "$KO" = 1 ]; then echo "offline: building the Korean embedded corpus from the konlpy wheel"
+    else echo "offline: building the embedded corpus from the local Python install"; fi
+    "$PY" -m nanochat.dataset --corpus="$CORPUS"
   fi
 }
 run_stage data data
 
 TOK_CORPUS="$CORPUS"
 [ "$CORPUS" = fineweb-edu ] && TOK_CORPUS="$NANOCHAT_BASE_DIR/base_data"
-run_stage tokenizer "$PY" -m scripts.tok_train --vocab_size="$VOCAB_SIZE" --corpus="$TOK_CORPUS"
+run_stage tokenizer "$PY" -m scripts.tok_train --vocab_size="$VOCAB_SIZE" --corpus="$TOK_CORPUS" "${TOK_ARGS[@]}"
 run_stage tokenizer-eval "$PY" -m scripts.tok_eval
 
 shards() {
@@ -229,32 +280,33 @@ shards() {
     echo "waiting for the shard download (log: $NANOCHAT_BASE_DIR/download.log)"
     while kill -0 "$(cat "$STAGES/download.pid")" 2>/dev/null; do sleep 5; done
   fi
-  if [ "$CORPUS" = fineweb-edu ] && [ "$NGPU" -gt 0 ]; then "$PY" -m nanochat.dataset -n "$NUM_SHARDS"; fi
+  if { [ "$CORPUS" = fineweb-edu ] || [ "$CORPUS" = ko ]; } && [ "$NGPU" -gt 0 ]; then
+    "$PY" -m nanochat.dataset --corpus="$CORPUS" -n "$NUM_SHARDS"
+  fi
   rm -f "$STAGES/download.pid"
 }
 run_stage shards shards
 run_stage base-train "${LAUNCH[@]}" -m scripts.base_train --corpus="$CORPUS" --resume=auto "${BASE_ARGS[@]}"
 run_stage base-loss "${LAUNCH[@]}" -m scripts.base_loss --corpus="$CORPUS" "${LOSS_ARGS[@]}"
+# an evaluation whose data is not here (offline: the CORE bundle, ARC, MMLU, GSM8K, KoBEST, KMMLU) is
+# skipped, and the report says so with the command that fetches it
 base_eval() {
-  if [ "$ONLINE" = 1 ] || [ -f "$NANOCHAT_BASE_DIR/eval_bundle/core.yaml" ]; then
-    "${LAUNCH[@]}" -m scripts.base_eval "${CORE_ARGS[@]}"
-  else  # the CORE bundle is a download: say so in the report instead of failing the run
-    echo "CORE: not available offline (the eval bundle is downloaded: python -m scripts.base_eval --download_only)"
-    "$PY" -c 'from nanochat.report import SECTION_BASE_EVAL, log_section
-log_section(SECTION_BASE_EVAL, {"CORE": None}, notes=["CORE not available offline: its eval bundle is a download (python -m scripts.base_eval --download_only)"])'
-  fi
+  if [ "$ONLINE" = 1 ]; then "$PY" -m scripts.base_eval --download_only; fi
+  "${LAUNCH[@]}" -m scripts.base_eval "${CORE_ARGS[@]}" "${CORE_TASKS[@]}" --skip_unavailable
 }
 run_stage base-eval base_eval
-run_stage mid-train "${LAUNCH[@]}" -m scripts.mid_train --resume=auto "${CHAT_DATA[@]}" "${MID_ARGS[@]}"
-run_stage mid-eval "${LAUNCH[@]}" -m scripts.chat_eval -i mid "${EVAL_ARGS[@]}"
-run_stage sft-train "${LAUNCH[@]}" -m scripts.chat_sft --resume=auto "${CHAT_DATA[@]}" "${SFT_ARGS[@]}"
-run_stage sft-eval "${LAUNCH[@]}" -m scripts.chat_eval -i sft "${EVAL_ARGS[@]}"
+run_stage mid-train "${LAUNCH[@]}" -m scripts.mid_train --resume=auto "${CHAT_DATA[@]}" "${MID_ARGS[@]}" "${IDENTITY[@]}"
+run_stage mid-eval "${LAUNCH[@]}" -m scripts.chat_eval -i mid "${EVAL_ARGS[@]}" "${CHAT_TASKS[@]}" --skip_unavailable
+run_stage sft-train "${LAUNCH[@]}" -m scripts.chat_sft --resume=auto "${CHAT_DATA[@]}" "${SFT_ARGS[@]}" "${IDENTITY[@]}"
+run_stage sft-eval "${LAUNCH[@]}" -m scripts.chat_eval -i sft "${EVAL_ARGS[@]}" "${CHAT_TASKS[@]}" --skip_unavailable
 if [ "${RUN_RL:-0}" = 1 ]; then
   # GSM8K online; offline (and on CPU) the generated arithmetic word problems, scored the same way
-  RL_EVAL=(-a GSM8K)
-  if [ "${#CHAT_DATA[@]}" -gt 0 ]; then RL_EVAL=(-a 'HumanEval|SpellingBee'); fi
+  # (the Korean run too: chat_rl has no Korean task; its evaluation adds the Korean set)
+  RL_EVAL=GSM8K
+  if [ "${#CHAT_DATA[@]}" -gt 0 ]; then RL_EVAL='HumanEval|SpellingBee'; fi
+  if [ "$KO" = 1 ]; then RL_EVAL+='|korean'; fi
   run_stage rl-train "${LAUNCH[@]}" -m scripts.chat_rl --resume=auto "${CHAT_DATA[@]}" "${RL_ARGS[@]}"
-  run_stage rl-eval "${LAUNCH[@]}" -m scripts.chat_eval -i rl "${RL_EVAL[@]}" "${EVAL_ARGS[@]}"
+  run_stage rl-eval "${LAUNCH[@]}" -m scripts.chat_eval -i rl -a "$RL_EVAL" "${EVAL_ARGS[@]}" --skip_unavailable
 fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then exit 0; fi
@@ -262,7 +314,8 @@ echo
 echo "== report ($(date +%H:%M:%S)) =="
 "$PY" -m nanochat.report generate
 echo "artifacts in $NANOCHAT_BASE_DIR; report: $NANOCHAT_BASE_DIR/report/report.md (copied to ./report.md)"
-echo "talk to it: $PY -m scripts.chat_cli -p 'Why is the sky blue?'"
+if [ "$KO" = 1 ]; then echo "talk to it: $PY -m scripts.chat_cli -p '하늘은 왜 파란가요?'"
+else echo "talk to it: $PY -m scripts.chat_cli -p 'Why is the sky blue?'"; fi
 if [ -n "${RUNPOD_POD_ID:-}" ]; then
   echo "in a browser: $PY -m scripts.chat_web, then open https://$RUNPOD_POD_ID-8000.proxy.runpod.net/ (the pod must expose HTTP port 8000: Connect -> HTTP Service [8000])"
 else

@@ -38,6 +38,13 @@
 #                        each scaled by width, and the chat phases take a fraction (--init_lr_frac);
 #                        mapping one number onto one of them would change what it means.
 #
+# NANOCHAT_LANG=ko: the Korean run's base dir (~/.cache/nanochat_ko unless NANOCHAT_BASE_DIR is set;
+# a base dir holding the other language's run is refused) and its defaults where the script has the
+# option: tok_train --corpus=ko --pattern=korean --mix_corpus=fineweb-edu (embedded with
+# --corpus=embedded-ko) --mix_share=0.2, base_train / base_loss --corpus=ko, mid_train --tasks=mid-ko
+# and chat_sft --tasks=sft-ko (with --offline: their -offline presets) --identity_name=나노챗,
+# base_eval --tasks='CORE|KoBEST', chat_eval -a 'all|korean'. Options given win.
+#
 # Logs: $NANOCHAT_BASE_DIR/logs/<run>/: console.log (everything), rank<N>/stdout.log + stderr.log per
 # rank (torchrun) or rank0.log (one process), command.txt, config.txt, pid, child.pid, exit_code.
 set -euo pipefail
@@ -49,7 +56,10 @@ abs_path() {  # a path as typed by the caller (~, relative to where they ran thi
   [ "$p" = / ] || p=${p%/}
   case "$p" in /*) echo "$p" ;; *) echo "$CALLER_PWD/$p" ;; esac
 }
-BASE=$(abs_path "${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}")
+# shellcheck source=dev/lang.sh
+source "$REPO/dev/lang.sh"
+lang_check
+BASE=$(abs_path "${NANOCHAT_BASE_DIR:-$(lang_base_dir "$HOME/.cache/nanochat")}")
 cd "$REPO"  # scripts run as `python -m scripts.<name>` from the repository root
 LOGS="$BASE/logs"
 LOGS_SET=0
@@ -371,6 +381,21 @@ sys.exit(1 if fails else 0)
 PYEOF
 )
 
+korean_defaults() {  # script args...: the Korean run's options for this script, one a line
+  local script=$1 mix=fineweb-edu
+  shift
+  case "$script" in
+    tok_train)
+      case " $* " in *" --corpus=embedded-ko "*) mix=embedded ;; esac  # offline: the English mix offline too
+      printf '%s\n' --corpus=ko --pattern=korean "--mix_corpus=$mix" --mix_share=0.2 ;;
+    base_train|base_loss) echo --corpus=ko ;;
+    mid_train) printf '%s\n' --tasks=mid-ko --identity_name=나노챗 ;;
+    chat_sft) printf '%s\n' --tasks=sft-ko --identity_name=나노챗 ;;
+    base_eval) echo '--tasks=CORE|KoBEST' ;;
+    chat_eval) echo '--tasks=all|korean' ;;
+  esac
+}
+
 make_test_base() {  # dir script: a scratch base dir linking everything of yours but the test's output
   local dir=$1 script=$2 e name
   mkdir -p "$dir/base"
@@ -439,6 +464,7 @@ cmd_launch() {
     shift
   done
   [ -n "$mode" ] || mode="test"  # as the launchers people come from: a test unless --train is said
+  lang_refuse_other "$BASE"
   [ -n "$gpus" ] || gpus=$(visible_gpu_count)
   [[ $gpus =~ ^[0-9]+$ ]] || die "--gpus must be a number (0 = CPU), got '$gpus'"
   gpus=$((10#$gpus))
@@ -458,6 +484,7 @@ cmd_launch() {
 
   local defaults=()
   [ "$gpus" -gt 0 ] || defaults+=(--device_type=cpu)
+  [ "$NANOCHAT_LANG" = en ] || mapfile -t -O "${#defaults[@]}" defaults < <(korean_defaults "$script" "${pass[@]}")
   if [ "$mode" = test ]; then
     defaults+=(--num_iterations=10 --eval_every=5 --eval_tokens=65536 --eval_batches=2 --sample_every=10
                --max_problems=16)
@@ -511,6 +538,7 @@ cmd_launch() {
   shown=${shown% }
 
   echo "run:     $run ($script --$mode, $([ "$gpus" = 0 ] && echo "CPU" || echo "$gpus GPU(s)"))"
+  [ "$NANOCHAT_LANG" = en ] || echo "lang:    $NANOCHAT_LANG (base dir $BASE; the Korean defaults where $script has the option)"
   local m
   for m in "${mapped[@]}"; do echo "option:  $m"; done
   echo "command: (from $REPO)"

@@ -20,12 +20,15 @@ import torch.distributed as dist
 
 from nanochat.common import Throttle, dist_initialized, print0
 
-# ChatCORE's tasks and their chance accuracies: a guess among four choices is right a quarter of
-# the time, a generated answer practically never by chance.
+# The chat tasks' chance accuracies: a guess among four choices is right a quarter of the time, a
+# generated answer practically never by chance.
 BASELINES: dict[str, float] = {
     "ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0,
+    "KMMLU": 0.25,
 }
-CHATCORE_TASKS = tuple(BASELINES)
+CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
+# The Korean ChatCORE (ChatCORE-ko): the same mean of centered accuracies over the Korean tasks
+KOREAN_TASKS = ("KMMLU",)
 
 
 @dataclass
@@ -188,10 +191,12 @@ def centered_accuracy(accuracy: float, baseline: float) -> float:
     return (accuracy - baseline) / (1.0 - baseline)
 
 
-def chatcore(accuracies: Mapping[str, float | None]) -> tuple[float | None, list[str]]:
-    """(mean centered accuracy over CHATCORE_TASKS, []) or (None, the tasks that have no accuracy)."""
-    missing = [name for name in CHATCORE_TASKS if accuracies.get(name) is None]
+def chatcore(accuracies: Mapping[str, float | None],
+             tasks: Sequence[str] = CHATCORE_TASKS) -> tuple[float | None, list[str]]:
+    """(mean centered accuracy over `tasks`, []) or (None, the tasks that have no accuracy). The
+    default tasks make ChatCORE; KOREAN_TASKS make ChatCORE-ko."""
+    missing = [name for name in tasks if accuracies.get(name) is None]
     if missing:
         return None, missing
-    scores = [centered_accuracy(accuracies[name], BASELINES[name]) for name in CHATCORE_TASKS]
+    scores = [centered_accuracy(accuracies[name], BASELINES[name]) for name in tasks]
     return sum(scores) / len(scores), []

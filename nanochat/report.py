@@ -52,6 +52,10 @@ EXTRA_SECTION_START = 50
 SUMMARY_COLUMNS = {"BASE": SECTION_BASE_EVAL, "MID": SECTION_CHAT_EVAL_MID, "SFT": SECTION_CHAT_EVAL_SFT,
                    "RL": SECTION_CHAT_EVAL_RL}
 SUMMARY_ROWS = ("CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE")
+# Korean rows (base_eval --tasks=KoBEST, chat_eval -a korean), after the others and only when some column's
+# section has the key (an unavailable suite's None counts: its section's note says why), so that an
+# English run's table has none.
+KOREAN_SUMMARY_ROWS = ("KoBEST", "KMMLU", "ChatCORE-ko")
 
 CODE_SUFFIXES = (".py", ".rs", ".sh", ".html")
 # Only used when git cannot list the tracked files: folders a walk must not count as the project's code.
@@ -472,12 +476,14 @@ def _cell(value) -> str:
 
 def summary_table(records: Mapping[str, Mapping]) -> list[str]:
     """The BASE/MID/SFT/RL table from section name -> record; anything missing or non-numeric is '-'."""
+    columns = []
+    for section in SUMMARY_COLUMNS.values():
+        data = (records.get(section) or {}).get("data")
+        columns.append(data if isinstance(data, dict) else {})
+    korean = [row for row in KOREAN_SUMMARY_ROWS if any(row in data for data in columns)]
     lines = ["| Metric | " + " | ".join(SUMMARY_COLUMNS) + " |", "|---|" + "---|" * len(SUMMARY_COLUMNS)]
-    for row in SUMMARY_ROWS:
-        cells = []
-        for section in SUMMARY_COLUMNS.values():
-            data = (records.get(section) or {}).get("data")
-            cells.append(_cell(data.get(row) if isinstance(data, dict) else None))
+    for row in (*SUMMARY_ROWS, *korean):
+        cells = [_cell(data.get(row)) for data in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 

@@ -126,11 +126,17 @@ def _builders(persona: Persona) -> dict[str, Callable[[Split], Task]]:
             return task[:-n] if split == "train" else task[-n:]
         return build
 
+    def kmmlu(split):  # an evaluation set only: its train split (208K rows) is not registered
+        if split != "test":
+            raise ValueError("kmmlu is an evaluation task (scored by chat_eval -a KMMLU): it has no training side")
+        from tasks.kmmlu import KMMLU
+        return KMMLU("test")
+
     return {"smoltalk": smoltalk, "mmlu": mmlu, "gsm8k": gsm8k, "arc-easy": arc("ARC-Easy"),
             "arc-challenge": arc("ARC-Challenge"), "identity": identity, "simplespelling": simplespelling,
             "spellingbee": spellingbee, "arithmetic": arithmetic, "humaneval": humaneval,
             "koalpaca": koalpaca("v1.1"), "koalpaca-v1.0": koalpaca("v1.0"), "identity-ko": identity_ko,
-            "arithmetic-ko": arithmetic_ko}
+            "arithmetic-ko": arithmetic_ko, "kmmlu": kmmlu}
 
 
 def build_task(name: str, split: Split, *, persona: Persona = Persona()) -> Task:

@@ -16,6 +16,8 @@ from torch import nn
 
 from nanochat.chat_scoring import (
     BASELINES,
+    CHATCORE_TASKS,
+    KOREAN_TASKS,
     Counts,
     Progress,
     chatcore,
@@ -152,6 +154,9 @@ def test_chatcore_arithmetic():
     assert chatcore({**accs, "GSM8K": None}) == (None, ["GSM8K"])
     del accs["HumanEval"], accs["MMLU"]
     assert chatcore(accs) == (None, ["MMLU", "HumanEval"])
+    # ChatCORE-ko: the same centering over the Korean tasks, whatever English scores there are
+    assert chatcore({**accs, "KMMLU": 0.4}, KOREAN_TASKS) == (pytest.approx(0.15 / 0.75), [])
+    assert chatcore(accs, KOREAN_TASKS) == (None, ["KMMLU"])
 
 
 @pytest.fixture
@@ -295,7 +300,8 @@ def run_script(args, base, **env):
 @pytest.mark.slow
 def test_script_scores_arc_and_skips_what_is_not_downloaded(offline_base, arc_server):
     proc = run_script(["-i", "sft", "-a", "ARC-Easy|ARC-Challenge|SpellingBee", "--max_problems=3",
-                       "--max_new_tokens=4", "--device_type=cpu", "--device_batch_size=2"], offline_base,
+                       "--max_new_tokens=4", "--device_type=cpu", "--device_batch_size=2", "--skip_unavailable"],
+                      offline_base,
                       **{ARC_EASY_ENV: arc_server})
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -322,7 +328,8 @@ def test_main_offline_runs_what_it_has_and_reports_the_rest(offline_base):
     and SpellingBee (generated) run too; the other three are reported, and ChatCORE is None."""
     from scripts.chat_eval import Options, main
 
-    results = main(Options(source="sft", device_type="cpu", max_problems=2, max_new_tokens=8, device_batch_size=1))
+    results = main(Options(source="sft", device_type="cpu", max_problems=2, max_new_tokens=8, device_batch_size=1,
+                           skip_unavailable=True))
     fetch = "not available offline: python -m tasks.sources"
     assert results["unavailable"] == {"ARC-Challenge": f"{fetch} --dataset=arc --split=ARC-Challenge/test",
                                       "MMLU": f"{fetch} --dataset=mmlu --split=test",
@@ -331,7 +338,7 @@ def test_main_offline_runs_what_it_has_and_reports_the_rest(offline_base):
         assert results[name] in (0.0, 0.5, 1.0), name  # two problems each
     assert all(results[name] is None for name in results["unavailable"])
     assert results["ChatCORE"] is None and results["source"] == "sft" and results["step"] == 1
-    assert set(results) == set(BASELINES) | {"ChatCORE", "source", "step", "unavailable"}
+    assert set(results) == set(CHATCORE_TASKS) | {"ChatCORE", "source", "step", "unavailable"}  # no Korean keys
 
 
 def test_humaneval_pass_at_k_runs_the_tests_in_the_sandbox(tok):
@@ -360,7 +367,12 @@ def test_bad_options_fail_before_loading_anything():
     with pytest.raises(ConfigError, match="--source must be one of mid, sft, rl"):
         parse(Options, ["--source=base"])
     assert Options(tasks="gsm8k | ARC-Easy|gsm8k").task_names() == ["GSM8K", "ARC-Easy"]
-    assert Options().task_names() == list(BASELINES)
+    assert Options().task_names() == list(CHATCORE_TASKS)
+    both = Options(tasks="KMMLU|all|korean")
+    assert both.task_names() == ["KMMLU", *CHATCORE_TASKS] and list(both.summaries()) == ["ChatCORE", "ChatCORE-ko"]
+    assert list(Options(tasks="korean").summaries()) == ["ChatCORE-ko"]
+    with pytest.raises(ConfigError, match="or a set: all, korean"):
+        parse(Options, ["-a", "all|koreans"], aliases={"-a": "tasks"})
 
 
 @pytest.mark.slow

@@ -188,3 +188,153 @@ def test_kmmlu_bad_csv_is_one_clear_error(env, tmp_path):
     wrong.write_text("question,answer,A,B,C,D,Category\nq,5,a,b,c,d,x\n", encoding="utf-8")
     with pytest.raises(ValueError, match="KMMLU test row 1: answer must be 1-4, got '5'"):
         KMMLU(paths=[wrong])
+
+
+# ---- the scripts: base_eval --tasks=KoBEST and chat_eval -a korean on a tiny checkpoint, the report's rows
+
+
+BASE_EVAL = ["--device_type=cpu", "--device_batch_size=8", "--max_problems=2"]
+KMMLU_FETCH = "python -m tasks.sources --dataset=kmmlu --split=test"
+
+
+@pytest.fixture
+def served(server, base_dir, monkeypatch):
+    """The hub served locally; no CORE bundle fetch can reach the network (its URL is a missing file)."""
+    url, _ = server
+    monkeypatch.setenv("NANOCHAT_HF_ENDPOINT", url)
+    monkeypatch.setenv("NANOCHAT_EVAL_BUNDLE_URL", str(base_dir / "no_such_bundle.zip"))
+    return base_dir
+
+
+def run_script(module: str, argv: list[str]):
+    """The script's main through run_main and parse_args, as `python -m` runs it (in this process)."""
+    import importlib
+
+    from nanochat.common import run_main
+    from nanochat.config import parse_args
+
+    script = importlib.import_module(module)
+    return run_main(script.main, parse_args(script.Options, argv, aliases={"-i": "source", "-a": "tasks"}))
+
+
+def summary_cells(text: str) -> dict[str, list[str]]:
+    """The summary table's rows: metric -> [BASE, MID, SFT, RL] cells."""
+    table = text.split("## Summary", 1)[1].split("\n\n")[1]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                              for line in table.splitlines()[2:])}
+
+
+def section(base, slug: str) -> dict:
+    (path,) = base.glob(f"report/*-{slug}.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_base_eval_kobest_rows_in_csv_and_report_with_core_skipped_then_present(served):
+    from nanochat.report import generate
+    from tests.conftest import make_tiny_checkpoint
+    from tests.test_core_eval import write_bundle
+
+    base = served
+    make_tiny_checkpoint(base, "base", "d1")
+    for task in TASKS:
+        sources.fetch("kobest", f"{task}/test", **FAST)
+    out = run_script("scripts.base_eval", [*BASE_EVAL, "--tasks=core|kobest", "--skip_unavailable"])
+    assert out["CORE"] is None and set(out["unavailable"]) == {"CORE"}
+    rows = list(csv.DictReader(open(out["csv"], encoding="utf-8")))
+    assert [r["Task"] for r in rows] == [f"kobest_{t}" for t in TASKS] + ["KoBEST"]  # no CORE rows, no baselines row
+    for r in rows[:-1]:
+        b = float(r["Random baseline"]) / 100
+        assert r["Rows"] == "2" and float(r["Centered"]) == pytest.approx((float(r["Accuracy"]) - b) / (1 - b), abs=1e-5)
+    kobest = sum(float(r["Centered"]) for r in rows[:-1]) / 5
+    assert float(rows[-1]["Centered"]) == pytest.approx(kobest, abs=1e-5) and out["KoBEST"] == pytest.approx(kobest)
+    record = section(base, "base-model-evaluation")
+    assert record["data"]["CORE"] is None and record["data"]["KoBEST"] == out["KoBEST"]
+    assert set(record["data"]["KoBEST tasks"]) == {f"kobest_{t}" for t in TASKS}
+    assert ("CORE: not available (no CORE eval bundle at " in record["notes"][1]
+            and record["notes"][1].endswith("fetch it with python -m scripts.base_eval --download_only)"))
+    text = generate(copy_to_cwd=False).read_text(encoding="utf-8")
+    cells = summary_cells(text)
+    assert cells["CORE"] == ["-"] * 4 and cells["KoBEST"] == [f"{out['KoBEST']:.4f}", "-", "-", "-"]
+    assert "KMMLU" not in cells and "ChatCORE-ko" not in cells  # no chat section has them
+
+    write_bundle(base)  # CORE now downloaded: both suites, one CSV
+    both = run_script("scripts.base_eval", [*BASE_EVAL, "--tasks=CORE|KoBEST"])
+    rows = [r["Task"] for r in csv.DictReader(open(both["csv"], encoding="utf-8"))]
+    assert rows == ["mc", "schema", "lm", "CORE", *(f"kobest_{t}" for t in TASKS), "KoBEST", "Random baselines"]
+    assert both["KoBEST"] == pytest.approx(out["KoBEST"]) and both["CORE"] is not None and both["unavailable"] == {}
+    assert not any("not available" in n for n in section(base, "base-model-evaluation")["notes"])
+
+
+def test_chat_eval_korean_scores_kmmlu_and_chatcore_ko(served):
+    from nanochat.chat_scoring import eval_categorical
+    from nanochat.checkpoint import load_model
+    from nanochat.report import generate
+    from tests.conftest import make_tiny_checkpoint
+
+    base = served
+    make_tiny_checkpoint(base, "sft", "d1")
+    sources.fetch("kmmlu", "test", **FAST)
+    results = run_script("scripts.chat_eval", ["-i", "sft", "-a", "korean", "--device_type=cpu", "--max_problems=8",
+                                               "--device_batch_size=4"])
+    model, _ = load_model("sft")
+    want = eval_categorical(model, Tokenizer.load(base / "tokenizer"), KMMLU(), max_problems=8)
+    assert results["KMMLU"] == want.accuracy and want.total == 8
+    assert results["ChatCORE-ko"] == pytest.approx((want.accuracy - 0.25) / 0.75)  # centered on chance, 1 in 4
+    record = section(base, "chat-evaluation-sft")
+    assert list(record["data"]) == ["KMMLU", "ChatCORE-ko", "checkpoint"]  # no English rows in a Korean run
+    cells = summary_cells(generate(copy_to_cwd=False).read_text(encoding="utf-8"))
+    assert cells["KMMLU"] == ["-", "-", f"{want.accuracy:.4f}", "-"]
+    assert cells["ChatCORE-ko"] == ["-", "-", f"{results['ChatCORE-ko']:.4f}", "-"]
+    assert "KoBEST" not in cells and cells["ChatCORE"] == ["-"] * 4
+
+
+def test_chat_eval_skips_missing_kmmlu_with_a_note(served):
+    from nanochat.report import generate
+    from tests.conftest import make_tiny_checkpoint
+
+    base = served
+    make_tiny_checkpoint(base, "sft", "d1")
+    alone = run_script("scripts.chat_eval", ["-a", "korean", "--skip_unavailable", "--device_type=cpu"])
+    assert alone["KMMLU"] is None and alone["step"] is None  # nothing to evaluate: no checkpoint loaded
+    results = run_script("scripts.chat_eval", ["-a", "SpellingBee|korean", "--skip_unavailable", "--device_type=cpu",
+                                               "--max_problems=2", "--max_new_tokens=4"])
+    assert results["unavailable"] == {"KMMLU": f"not available offline: {KMMLU_FETCH}"}
+    assert results["SpellingBee"] in (0.0, 0.5, 1.0) and results["step"] == 1
+    assert results["KMMLU"] is None and results["ChatCORE-ko"] is None and results["ChatCORE"] is None
+    record = section(base, "chat-evaluation-sft")
+    assert f"KMMLU: not available offline: {KMMLU_FETCH}" in record["notes"]
+    assert record["data"]["KMMLU"] is None and "ChatCORE-ko" in record["data"]
+    text = generate(copy_to_cwd=False).read_text(encoding="utf-8")
+    cells = summary_cells(text)
+    assert cells["KMMLU"] == ["-"] * 4 and cells["ChatCORE-ko"] == ["-"] * 4
+    assert cells["SpellingBee"][2] == f"{results['SpellingBee']:.4f}"
+    assert f"- KMMLU: not available offline: {KMMLU_FETCH}" in text  # the section's note, in report.md
+
+
+@pytest.mark.slow
+def test_missing_suites_fail_in_one_line(served):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, make_tiny_checkpoint, subprocess_env
+
+    make_tiny_checkpoint(served, "base", "d1")
+    make_tiny_checkpoint(served, "sft", "d1")
+
+    def run(*argv):
+        proc = subprocess.run([sys.executable, "-m", *argv, "--device_type=cpu"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=180, env=subprocess_env(NANOCHAT_BASE_DIR=str(served)))
+        return proc.returncode, proc.stderr.strip().splitlines()
+
+    assert run("scripts.base_eval", "--tasks=CORE|KoBEST", "--skip_unavailable") == (0, [])
+    assert run("scripts.base_eval", "--tasks=KoBEST") == (
+        1, ["error: KoBEST is not downloaded: python -m tasks.sources --dataset=kobest"])
+    code, lines = run("scripts.base_eval", "--tasks=CORE|KMMLU")
+    assert code == 2 and lines == ["error: unknown suite 'KMMLU' in --tasks: choose from CORE, KoBEST, or several "
+                                   "joined by '|' (CORE|KoBEST)"]
+    code, lines = run("scripts.chat_eval", "-a", "korean")
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: kmmlu test is not downloaded")
+    assert f"run {KMMLU_FETCH} (or --skip_unavailable to evaluate the other tasks)" in lines[0]
+    code, lines = run("scripts.chat_eval", "-a", "MMLU|korean")
+    assert code == 1 and lines == [f"error: MMLU, KMMLU are not downloaded: python -m tasks.sources --dataset=mmlu "
+                                   f"--split=test; {KMMLU_FETCH} (or --skip_unavailable to evaluate the other tasks)"]

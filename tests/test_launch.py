@@ -133,6 +133,52 @@ def test_dry_run_prints_the_command_and_config_and_runs_nothing(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+def korean_dry_run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "NANOCHAT_BASE_DIR"}
+    full.update(HOME=str(home), NANOCHAT_LANG="ko", **env)
+    return subprocess.run(["bash", str(LAUNCH), *args, "--train", "--dry-run", "--gpus", "0"], env=full,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script,options", [
+    ("tok_train", "--corpus=ko --pattern=korean --mix_corpus=fineweb-edu --mix_share=0.2"),
+    ("base_train", "--corpus=ko --resume=auto"),
+    ("base_loss", "--device_type=cpu --corpus=ko"),
+    ("mid_train", "--tasks=mid-ko --identity_name=나노챗 --resume=auto"),
+    ("chat_sft", "--tasks=sft-ko --identity_name=나노챗 --resume=auto"),
+    ("base_eval", "--tasks=CORE|KoBEST"),
+    ("chat_eval", "--tasks=all|korean"),
+])
+def test_korean_runs_get_the_korean_base_dir_and_defaults(tmp_path, script, options):
+    """NANOCHAT_LANG=ko: ~/.cache/nanochat_ko, and the Korean run's options where the script has them."""
+    proc = korean_dry_run(tmp_path, script)
+    assert proc.returncode == 0, proc.stderr
+    assert f"lang:    ko (base dir {tmp_path}/.cache/nanochat_ko;" in proc.stdout
+    checked = next(line for line in proc.stdout.splitlines() if line.startswith("  OK   options: "))
+    assert options in checked, checked
+
+
+def test_korean_defaults_give_way_to_the_options_given(tmp_path):
+    proc = korean_dry_run(tmp_path, "tok_train", "--corpus=embedded-ko")  # offline: the English mix offline too
+    checked = next(line for line in proc.stdout.splitlines() if line.startswith("  OK   options: "))
+    assert "--corpus=ko" not in checked and "--corpus=embedded-ko" in checked and "--mix_corpus=embedded " in checked
+    proc = korean_dry_run(tmp_path, "chat_sft", "--tasks=koalpaca", "--identity_name=Bori")
+    checked = next(line for line in proc.stdout.splitlines() if line.startswith("  OK   options: "))
+    assert "sft-ko" not in checked and "나노챗" not in checked and "--tasks=koalpaca --identity_name=Bori" in checked
+    english = launch(tmp_path, "chat_sft", "--train", "--dry-run", "--gpus", "0")
+    assert "lang:" not in english.stdout and "sft-ko" not in english.stdout
+
+
+def test_a_base_dir_of_the_other_language_is_refused(tmp_path):
+    (tmp_path / "language").write_text("en\n")
+    proc = korean_dry_run(tmp_path, "base_train", NANOCHAT_BASE_DIR=str(tmp_path))
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        f"error: NANOCHAT_BASE_DIR={tmp_path} holds a NANOCHAT_LANG=en run and this is a NANOCHAT_LANG=ko one: "
+        "their artifacts must not mix: unset NANOCHAT_BASE_DIR (each language has its own default) or point it at "
+        "a fresh directory"], proc.stderr
+    assert "checks:" not in proc.stdout
+
+
 def test_a_failed_check_launches_nothing(tmp_path):
     proc = launch(tmp_path, "base_train", "--train", "--gpus", "0", *TINY)
     assert proc.returncode == 1

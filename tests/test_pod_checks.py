@@ -60,7 +60,7 @@ def stubs(tmp_path):
 
 def run(script: str, bin_dir: Path, timeout: int = 180, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "NANOCHAT_BASE_DIR", "WANDB_RUN",
-                                                      "NANOCHAT_EXTRAS", "NPROC_PER_NODE")}
+                                                      "NANOCHAT_EXTRAS", "NPROC_PER_NODE", "NANOCHAT_LANG")}
     full["PATH"] = f"{bin_dir}:{full['PATH']}"
     full.update(env)
     return subprocess.run(["bash", script], cwd=REPO_ROOT, env=full, stdin=subprocess.DEVNULL, capture_output=True,
@@ -282,3 +282,74 @@ def test_max_hours_stops_the_pod_by_default(stubs, tmp_path):
     assert list((ws / "backups").glob("*.tar.gz"))
     assert calls.read_text().splitlines()[-1].endswith("runpodctl stop pod pod9")
     assert not (ws / "nanochat_final_report.md").exists()
+
+
+LANG_ERROR = "error: NANOCHAT_LANG=fr: use en (the default, English) or ko (the Korean run)"
+
+
+@pytest.mark.parametrize("script", ["speedrun.sh", "runpod_speedrun.sh", "dev/runcpu.sh", "dev/launch.sh",
+                                    "runpod_storage.sh"])
+def test_a_language_other_than_en_or_ko_is_one_line_before_anything(stubs, tmp_path, script):
+    bin_dir, calls = stubs
+    base = tmp_path / "base"
+    proc = run(script, bin_dir, NANOCHAT_LANG="fr", NANOCHAT_BASE_DIR=str(base), WORKSPACE=str(tmp_path), timeout=60)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [LANG_ERROR], proc.stderr
+    assert not base.exists() and not calls.exists()  # no set-up, no folder
+
+
+def english_run(base: Path) -> None:
+    """What an English speedrun leaves: its tokenizer's train_meta.json (the default pattern)."""
+    (base / "tokenizer").mkdir(parents=True)
+    (base / "tokenizer" / "train_meta.json").write_text(
+        '{\n "options": {\n  "corpus": "embedded",\n  "pattern": "default",\n  "mix_corpus": null\n }\n}\n')
+
+
+def korean_run(base: Path) -> None:
+    base.mkdir(parents=True)
+    (base / "language").write_text("ko\n")
+
+
+def old_english_run(base: Path) -> None:
+    """A speedrun from before the language was recorded, stopped before its tokenizer: English then."""
+    (base / "stages").mkdir(parents=True)
+    (base / "stages" / "data.done").write_text("3\n")
+
+
+@pytest.mark.parametrize("make,lang,held", [(english_run, "ko", "en"), (old_english_run, "ko", "en"),
+                                            (korean_run, "en", "ko"), (korean_run, None, "ko")])
+@pytest.mark.parametrize("script", ["speedrun.sh", "runpod_speedrun.sh", "dev/runcpu.sh"])
+def test_a_base_dir_of_the_other_language_is_refused_in_one_line(stubs, tmp_path, make, lang, held, script):
+    """Never Korean checkpoints on an English tokenizer (or English shards beside Korean ones): the
+    language a base dir holds is refused before the set-up, naming both languages."""
+    bin_dir, calls = stubs
+    base = tmp_path / "base"
+    make(base)
+    before = sorted(p.relative_to(base) for p in base.rglob("*"))
+    env = {"NANOCHAT_LANG": lang} if lang else {}
+    proc = run(script, bin_dir, NANOCHAT_BASE_DIR=str(base), WORKSPACE=str(tmp_path), timeout=60, **env)
+    mine = lang or "en"
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: NANOCHAT_BASE_DIR={base} holds a NANOCHAT_LANG={held} run and this is a NANOCHAT_LANG={mine} one: "
+        "their artifacts must not mix: unset NANOCHAT_BASE_DIR (each language has its own default) or point it at "
+        "a fresh directory"], proc.stderr
+    assert not calls.exists() and sorted(p.relative_to(base) for p in base.rglob("*")) == before
+
+
+def test_a_korean_base_dir_passes_the_language_check_and_records_it(stubs, tmp_path):
+    """The same language goes on to the next checks (here: nvidia-smi lists GPUs this torch cannot
+    use), with the ko extra asked of the set-up; the default base dirs are one per language."""
+    bin_dir, calls = stubs
+    base = tmp_path / "base"
+    korean_run(base)
+    proc = run("speedrun.sh", bin_dir, NANOCHAT_LANG="ko", NANOCHAT_BASE_DIR=str(base))
+    assert proc.returncode == 1 and proc.stderr.startswith("error: nvidia-smi lists 4 GPU(s)"), proc.stderr
+    assert [line for line in calls.read_text().splitlines() if " pip install " in line][-1].endswith(" -e .[dev,ko]")
+    out = subprocess.run(["bash", "-c", "source dev/lang.sh; lang_check; echo $NANOCHAT_LANG; "
+                          "lang_base_dir /w/nanochat_artifacts; lang_base_dir ~/.cache/nanochat_cpu"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+                         env={"PATH": os.environ["PATH"], "HOME": "/h", "NANOCHAT_LANG": "ko"})
+    assert out.stdout.split() == ["ko", "/w/nanochat_artifacts_ko", "/h/.cache/nanochat_cpu_ko"]
+    out = subprocess.run(["bash", "-c", "source dev/lang.sh; lang_check; echo $NANOCHAT_LANG; lang_base_dir /x"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, env={"PATH": os.environ["PATH"]})
+    assert out.stdout.split() == ["en", "/x"]

@@ -140,6 +140,23 @@ def test_generate_fills_the_table_wall_clock_and_cost(base_dir, tmp_path, monkey
     assert "- tasks:\n  - hellaswag: 0.3000\n  - arc: -" in text
 
 
+def test_korean_rows_only_when_a_section_has_them(base_dir):
+    chat = {"ARC-Easy": 0.3, "ChatCORE": 0.1}
+    report.log_section(report.SECTION_BASE_EVAL, {"CORE": 0.2})
+    report.log_section(report.CHAT_EVAL_SECTIONS["sft"], chat)
+    english = report.build_report(base_dir / "report")
+    assert not any(name in english for name in report.KOREAN_SUMMARY_ROWS)  # an English run: no empty Korean rows
+
+    report.log_section(report.SECTION_BASE_EVAL, {"CORE": 0.2, "KoBEST": 0.05})
+    report.log_section(report.CHAT_EVAL_SECTIONS["mid"], {"KMMLU": 0.31, "ChatCORE-ko": None},
+                       notes=["KMMLU: the note of its section"])
+    report.log_section(report.CHAT_EVAL_SECTIONS["rl"], {**chat, "KMMLU": 0.28, "ChatCORE-ko": 0.04})
+    lines = report.summary_table({record["name"]: record for _, _, record in report.read_sections(base_dir / "report")[0]})
+    assert lines[-4:] == ["| ChatCORE | - | - | 0.1000 | 0.1000 |", "| KoBEST | 0.0500 | - | - | - |",
+                          "| KMMLU | - | 0.3100 | - | 0.2800 |", "| ChatCORE-ko | - | - | - | 0.0400 |"]
+    assert "Notes:\n- KMMLU: the note of its section" in report.build_report(base_dir / "report")
+
+
 def test_nested_data_renders_as_a_table_and_odd_values_survive(base_dir):
     import numpy as np
 
