@@ -54,8 +54,8 @@ class TrainOptions:
     grad_clip: float | None = None  # clip the global grad norm to this (None = no clipping)
     # compute
     device_type: DeviceType | None = None  # None = autodetect (cuda, then mps, then cpu)
-    dtype: DType | None = None  # None = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16/AMX), else fp32
-    compile: bool | None = None  # torch.compile the model (None = on for CUDA; on CPU for fixed-shape runs of >= 2e13 FLOPs, see compile_default; off on MPS)
+    dtype: DType | None = None  # None = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX), else fp32
+    compile: bool | None = None  # torch.compile the model (None = on for CUDA; on CPU when it pays, see compile_default)
     seed: int = 42  # seeds model init, data order and every RNG
     # evaluation, checkpoints, logging
     eval_every: int | None = 250  # steps between validations, and one at the end (None = never)
@@ -159,11 +159,12 @@ def global_mean(value: torch.Tensor) -> torch.Tensor:
     return global_sum(value) / (dist.get_world_size() if dist_initialized() else 1)
 
 
-# On a CPU the first torch.compile of a run costs a minute or two (50-130 s per process on 2 shared
-# cores) and then saves a fraction of every step; it pays only for runs with enough work. The work is
-# counted in model FLOPs (estimate_flops x tokens), so tiny models (tests, smoke runs) stay eager
-# however many steps they take. Threshold measured in dev/BENCHMARKS.md, "CPU defaults".
-CPU_COMPILE_MIN_FLOPS = 2e13
+# On a CPU the first torch.compile of a run costs a minute or two (67-106 s measured, up to 130 s with
+# a cold cache, on 2 shared cores) and then saves part of every step: at depth 4, vocab 65,536, batch
+# 4 x 512 (2.6e11 FLOPs per step) 3.1 s of 8.9 in bf16, so it pays after 22-42 steps. Counting the
+# run's work in FLOPs (estimate_flops x tokens) keeps tiny models (tests, smoke runs) eager however
+# many steps they take. Measured in dev/BENCHMARKS.md, "CPU defaults".
+CPU_COMPILE_MIN_FLOPS = 1e13
 
 
 def compile_default(choice: bool | None, device_type: str, *, work_flops: float | None = None,
@@ -396,8 +397,10 @@ def start_run(opts: TrainOptions, compute: Compute, *, phase: str, tag: str, mod
                                   unembedding_lr=opts.unembedding_lr * lr_frac, scalar_lr=opts.scalar_lr * lr_frac,
                                   weight_decay=opts.weight_decay, world_size=ws)
     scaler = torch.amp.GradScaler("cuda") if compute.dtype == "fp16" else None
-    fwd = maybe_compile(model, opts.compile, compute.device_type, dynamic=dynamic,
-                        work_flops=planned_flops(model, opts.device_batch_size, num_iterations))
+    work = planned_flops(model, opts.device_batch_size, num_iterations)
+    fwd = maybe_compile(model, opts.compile, compute.device_type, dynamic=dynamic, work_flops=work)
+    how = "--compile" if opts.compile is not None else "auto" + (f", {work:.1e} planned FLOPs" if work else "")
+    print0(f"compile: {'on' if fwd is not model else 'off'} ({how})")
     out_dir = ckpt.checkpoint_dir(phase, tag)
     model_config = dataclasses.asdict(model.config)
     loop, resumed_from = resume_training(out_dir, opts.resume, model=model, optimizers=optimizers, loader=loader,
