@@ -262,20 +262,25 @@ def cpu_has_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def resolve_dtype(dtype: str | None, device_type: str) -> str:
-    """None = auto: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU and MPS.
+def resolve_dtype(dtype: str | None, device_type: str, *, training: bool = False) -> str:
+    """None = auto: bf16 on CUDA (fp16 where the GPU lacks bf16); on a CPU, bf16 for training where
+    bf16 is native (AVX-512 BF16 or AMX: cpu_has_bf16) and fp32 otherwise, and fp32 for evaluation
+    and inference; fp32 on MPS.
 
-    --dtype=bf16 on a CPU with native bf16 runs a GPU run's precision paths (bf16 autocast, a bf16
-    KV cache); it is not the CPU default: measured slower than fp32 there (dev/BENCHMARKS.md).
+    On such a CPU bf16 autocast trains faster than fp32 at the same loss per token (measured,
+    dev/BENCHMARKS.md "CPU defaults"); inference keeps fp32 by default, its speed in bf16 unmeasured.
+    --dtype=bf16 on a CPU without native bf16 is refused (emulated, slower than fp32).
     """
     dtype = (dtype or "").strip().lower()
     if dtype and dtype not in DTYPES:
         raise ValueError(f"dtype must be bf16, fp16 or fp32 (or unset for auto), got {dtype!r}")
-    if device_type == "cpu" and dtype == "bf16":
-        if not cpu_has_bf16():
+    if device_type == "cpu" and (dtype == "bf16" or (not dtype and training)):
+        if cpu_has_bf16():
+            return "bf16"
+        if dtype == "bf16":
             raise ValueError("dtype=bf16 on CPU needs native bf16 (AVX-512 BF16 or AMX), which this CPU lacks: "
                              "use --dtype=fp32")
-        return dtype
+        return "fp32"
     if device_type != "cuda":
         if dtype in ("bf16", "fp16"):
             raise ValueError(f"dtype={dtype} needs a CUDA GPU; on {device_type} use --dtype=fp32")
@@ -317,9 +322,11 @@ class Compute:
         return autocast(self.device_type, self.dtype)
 
 
-def compute_init(device_type: str | None = None, seed: int = 42, dtype: str | None = None) -> Compute:
+def compute_init(device_type: str | None = None, seed: int = 42, dtype: str | None = None, *,
+                 training: bool = False) -> Compute:
     """Pick the device and precision, start torch.distributed under torchrun (NCCL on CUDA, gloo
-    on CPU), seed. The one place that decides device, dtype and autocast.
+    on CPU), seed. The one place that decides device, dtype and autocast (`training`: the automatic
+    dtype of a training run, see resolve_dtype).
 
     Fails with one line when torchrun starts more processes than there are GPUs, instead of
     CUDA's 'invalid device ordinal' deep inside the first allocation.
@@ -330,7 +337,7 @@ def compute_init(device_type: str | None = None, seed: int = 42, dtype: str | No
 
     info = get_dist_info()
     device_type = resolve_device_type(device_type)
-    dtype = resolve_dtype(dtype, device_type)  # a bad --dtype fails before any process group starts
+    dtype = resolve_dtype(dtype, device_type, training=training)  # a bad --dtype fails before any process group starts
     if device_type == "cuda":
         count = torch.cuda.device_count()
         if info.local_rank >= count:

@@ -54,8 +54,8 @@ class TrainOptions:
     grad_clip: float | None = None  # clip the global grad norm to this (None = no clipping)
     # compute
     device_type: DeviceType | None = None  # None = autodetect (cuda, then mps, then cpu)
-    dtype: DType | None = None  # None = bf16 on CUDA, fp32 elsewhere
-    compile: bool | None = None  # torch.compile the model (None = on for CUDA, off elsewhere)
+    dtype: DType | None = None  # None = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX), else fp32
+    compile: bool | None = None  # torch.compile the model (None = on for CUDA; on CPU when it pays, see compile_default)
     seed: int = 42  # seeds model init, data order and every RNG
     # evaluation, checkpoints, logging
     eval_every: int | None = 250  # steps between validations, and one at the end (None = never)
@@ -159,9 +159,39 @@ def global_mean(value: torch.Tensor) -> torch.Tensor:
     return global_sum(value) / (dist.get_world_size() if dist_initialized() else 1)
 
 
-def maybe_compile(model: torch.nn.Module, choice: bool | None, device_type: str, dynamic: bool | None = False):
+# On a CPU the first torch.compile of a run costs a minute or two (67-106 s measured, up to 130 s with
+# a cold cache, on 2 shared cores) and then saves part of every step: at depth 4, vocab 65,536, batch
+# 4 x 512 (2.6e11 FLOPs per step) 3.1 s of 8.9 in bf16, so it pays after 22-42 steps. Counting the
+# run's work in FLOPs (estimate_flops x tokens) keeps tiny models (tests, smoke runs) eager however
+# many steps they take. Measured in dev/BENCHMARKS.md, "CPU defaults".
+CPU_COMPILE_MIN_FLOPS = 1e13
+
+
+def compile_default(choice: bool | None, device_type: str, *, work_flops: float | None = None,
+                    dynamic: bool | None = False) -> bool:
+    """Whether to torch.compile. An explicit --compile wins; None = on for CUDA; on a CPU, on for a
+    fixed-shape run (base, mid) whose planned training FLOPs reach CPU_COMPILE_MIN_FLOPS (unknown: off;
+    varying shapes, SFT and RL: off); off on MPS."""
+    if choice is not None:
+        return choice
+    if device_type == "cuda":
+        return True
+    return (device_type == "cpu" and not dynamic and work_flops is not None
+            and work_flops >= CPU_COMPILE_MIN_FLOPS)
+
+
+def planned_flops(model, device_batch_size: int | None, num_iterations: int | None) -> float | None:
+    """Training FLOPs of a run, at least: one device batch of full-length rows per step (gradient
+    accumulation and more processes only add to it)."""
+    if device_batch_size is None or num_iterations is None:
+        return None
+    return model.estimate_flops() * device_batch_size * model.config.sequence_len * num_iterations
+
+
+def maybe_compile(model: torch.nn.Module, choice: bool | None, device_type: str, dynamic: bool | None = False,
+                  work_flops: float | None = None):
     """The module to call in the loop; `model` itself stays uncompiled so its state_dict saves plainly."""
-    if choice or (choice is None and device_type == "cuda"):
+    if compile_default(choice, device_type, work_flops=work_flops, dynamic=dynamic):
         return torch.compile(model, dynamic=dynamic)
     return model
 
@@ -259,7 +289,7 @@ def save_training(ckpt_dir: Path, step: int, *, model, optimizers, loader, scale
 
 def begin(opts: TrainOptions) -> Compute:
     """Device, precision and torch.distributed for this process, then the run header, printed once."""
-    compute = compute_init(opts.device_type, opts.seed, opts.dtype)
+    compute = compute_init(opts.device_type, opts.seed, opts.dtype, training=True)
     import platform
 
     print0(f"run: {compute.device_type} ({compute.device}), {compute.dtype}, {compute.dist.world_size} "
@@ -367,7 +397,10 @@ def start_run(opts: TrainOptions, compute: Compute, *, phase: str, tag: str, mod
                                   unembedding_lr=opts.unembedding_lr * lr_frac, scalar_lr=opts.scalar_lr * lr_frac,
                                   weight_decay=opts.weight_decay, world_size=ws)
     scaler = torch.amp.GradScaler("cuda") if compute.dtype == "fp16" else None
-    fwd = maybe_compile(model, opts.compile, compute.device_type, dynamic=dynamic)
+    work = planned_flops(model, opts.device_batch_size, num_iterations)
+    fwd = maybe_compile(model, opts.compile, compute.device_type, dynamic=dynamic, work_flops=work)
+    how = "--compile" if opts.compile is not None else "auto" + (f", {work:.1e} planned FLOPs" if work else "")
+    print0(f"compile: {'on' if fwd is not model else 'off'} ({how})")
     out_dir = ckpt.checkpoint_dir(phase, tag)
     model_config = dataclasses.asdict(model.config)
     loop, resumed_from = resume_training(out_dir, opts.resume, model=model, optimizers=optimizers, loader=loader,

@@ -192,7 +192,9 @@ def test_chat_schedules_never_rise(warmdown, final):
 
 # ---- the scripts
 
-TINY = ["--offline", "--device_type=cpu", "--compile=false", "--max_seq_len=64", "--eval_batches=4"]
+# fp32: these runs compare losses across batch splits and process counts, equal to rounding only in
+# fp32 (training's default on a CPU with native bf16 is bf16, tested in tests/test_base_train.py)
+TINY = ["--offline", "--device_type=cpu", "--compile=false", "--dtype=fp32", "--max_seq_len=64", "--eval_batches=4"]
 MID = ["--device_batch_size=4", "--total_batch_size=none"]
 SFT = ["--device_batch_size=2", "--target_examples_per_step=4"]
 

@@ -66,8 +66,12 @@ def test_device_resolution():
 
 
 def test_dtype_resolution():
-    assert common.resolve_dtype("", "cpu") == "fp32"
+    assert common.resolve_dtype("", "cpu") == "fp32"  # evaluation and inference: fp32 on every CPU
     assert common.resolve_dtype("fp32", "cpu") == "fp32"
+    assert common.resolve_dtype("fp32", "cpu", training=True) == "fp32"  # asked for: kept
+    # training's automatic choice: bf16 where the CPU has it natively, fp32 elsewhere
+    assert common.resolve_dtype(None, "cpu", training=True) == ("bf16" if common.cpu_has_bf16() else "fp32")
+    assert common.resolve_dtype(None, "mps", training=True) == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         common.resolve_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="must be bf16, fp16 or fp32"):
@@ -87,6 +91,11 @@ def test_compute_init_single_process_cpu(monkeypatch):
     assert torch.equal(a, torch.rand(3))  # seeded
     with common.autocast("cpu", "fp32"):
         assert not torch.is_autocast_enabled("cpu")
+    assert c.dtype == "fp32"  # evaluation and inference
+    trained = common.compute_init("cpu", seed=7, training=True)
+    assert trained.dtype == ("bf16" if common.cpu_has_bf16() else "fp32")
+    with trained.autocast():
+        assert torch.is_autocast_enabled("cpu") == (trained.dtype == "bf16")
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

@@ -272,6 +272,8 @@ def test_newton_schulz_in_bf16_orthogonalises_like_fp32():
 
 def test_resolve_dtype_on_cpu():
     assert resolve_dtype(None, "cpu") == "fp32"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_dtype(None, "cpu", training=True) == ("bf16" if native else "fp32")
     with pytest.raises(ValueError, match="fp16"):
         resolve_dtype("fp16", "cpu")
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():

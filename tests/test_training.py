@@ -6,7 +6,17 @@ import math
 import pytest
 import torch
 
-from nanochat.training import LoopState, checkpoint_boundary, optimizer_step, resume_training, save_training
+from nanochat.training import (
+    CPU_COMPILE_MIN_FLOPS,
+    LoopState,
+    checkpoint_boundary,
+    compile_default,
+    maybe_compile,
+    optimizer_step,
+    planned_flops,
+    resume_training,
+    save_training,
+)
 
 
 def test_loop_state_smooths_debiases_and_skips_the_first_step_time():
@@ -126,3 +136,32 @@ def test_resume_with_another_world_size_keeps_model_and_data_and_says_so(tmp_pat
     assert step == 2 and state.step == 2 and fresh_loader.position == 4
     assert torch.equal(fresh.weight, model.weight)
     assert "saved by 2 processes, this run has 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("choice, device, work, dynamic, compiled", [
+    (None, "cuda", None, False, True),  # CUDA: always, unchanged
+    (None, "cuda", 1.0, True, True),
+    (None, "cpu", CPU_COMPILE_MIN_FLOPS, False, True),  # a CPU run with enough work to pay for compiling
+    (None, "cpu", CPU_COMPILE_MIN_FLOPS / 2, False, False),  # tiny models, tests, smoke runs: eager
+    (None, "cpu", None, False, False),  # length unknown
+    (None, "cpu", CPU_COMPILE_MIN_FLOPS * 10, True, False),  # varying shapes (SFT, RL): eager on CPU
+    (None, "mps", CPU_COMPILE_MIN_FLOPS * 10, False, False),
+    (True, "cpu", 1.0, False, True),  # an explicit --compile always wins
+    (False, "cuda", None, False, False),
+])
+def test_compile_default(choice, device, work, dynamic, compiled):
+    assert compile_default(choice, device, work_flops=work, dynamic=dynamic) is compiled
+
+
+def test_maybe_compile_follows_the_planned_work_of_the_run():
+    from nanochat.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig.from_depth(1, 64, 16))
+    flops = planned_flops(model, 2, 10)
+    assert flops == model.estimate_flops() * 2 * 16 * 10
+    assert planned_flops(model, None, 10) is None and planned_flops(model, 2, None) is None
+    assert maybe_compile(model, None, "cpu", work_flops=flops) is model  # a tiny run stays eager
+    # enough work: the compiled wrapper (torch.compile is lazy: nothing compiles until it is called)
+    steps = math.ceil(CPU_COMPILE_MIN_FLOPS / planned_flops(model, 2, 1))
+    wrapped = maybe_compile(model, None, "cpu", work_flops=planned_flops(model, 2, steps))
+    assert isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule) and wrapped._orig_mod is model
