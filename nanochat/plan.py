@@ -50,7 +50,7 @@ class Preset:
     depth: int
     max_seq_len: int
     vocab_size: int
-    compile: bool
+    compile: bool | None  # None: the phases' own rule (on a CPU: base and mid compile when the run pays for it)
     total_batch_size: int | None  # target tokens per pretraining / midtraining step (None: one pass)
     mfu: float  # assumed model FLOPs utilisation of pretraining
     default_peak: float  # peak FLOP/s assumed per device when nanochat/hardware.py does not list it
@@ -85,9 +85,10 @@ PRESETS = (
 MPS_PRESET = Preset("MPS", 0, 4, 512, 8192, False, 32_768, 0.25, 7e12,
                     "Apple GPU: d4, sequence 512, 8K vocabulary, fp32 (the phases' default off CUDA), no "
                     "compile, one process; 7 TFLOP/s is an M2/M3 Pro-class GPU's fp32 rate")
-CPU_PRESET = Preset("CPU", 0, 4, 256, 4096, False, None, 0.0, 0.0,
+CPU_PRESET = Preset("CPU", 0, 4, 256, 4096, None, None, 0.0, 0.0,
                     "no GPU: d4, sequence 256, 4K vocabulary for 300 base steps, a model that shows the "
-                    "whole pipeline in ~15 minutes on 2 cores", device_batch_size=8)
+                    "whole pipeline in ~15 minutes on 2 cores; compile auto: base training compiles when its "
+                    "planned work pays for the compile (nanochat.training.compile_default)", device_batch_size=8)
 
 
 def preset_for(device_type: str = "cuda", gpu_mem_mb: int = 0) -> Preset:
@@ -177,7 +178,7 @@ class Plan:
     depth: int
     max_seq_len: int
     vocab_size: int
-    compile: bool
+    compile: bool | None  # None: the phases' own rule
     device_batch_size: int | None  # None: auto
     total_batch_size: int | None  # tokens per pretraining / midtraining step
     sft_examples_per_step: int
@@ -198,7 +199,7 @@ class Plan:
         """The one line speedrun.sh and runpod_speedrun.sh print before anything starts."""
         p = self.preset
         settings = (f"depth {self.depth}, seq {self.max_seq_len}, vocab {self.vocab_size}, "
-                    f"compile {'on' if self.compile else 'off'}, device batch "
+                    f"compile {'auto' if self.compile is None else 'on' if self.compile else 'off'}, device batch "
                     f"{'auto' if self.device_batch_size is None else self.device_batch_size}")
         chosen = f"preset {p.name}" + (f" (overridden: {', '.join(self.overridden)})" if self.overridden else "")
         if self.device_type == "cpu":

@@ -156,6 +156,9 @@ def test_mps_and_cpu_plans():
     cpu = make_plan(device_type="cpu", depth=3)
     assert (cpu.depth, cpu.max_seq_len, cpu.vocab_size, cpu.hours) == (3, 256, 4096, CPU_RUN_HOURS)
     assert cpu.summary().startswith("CPU run: no GPU -> preset CPU (overridden: depth): depth 3, seq 256")
+    # the CPU leaves compile to base_train's rule (compile when the planned work pays for it)
+    assert cpu.compile is None and "compile auto" in cpu.summary()
+    assert dict(line.split("=", 1) for line in shell_assignments(cpu).splitlines())["COMPILE"] == "none"
 
 
 def test_shell_assignments_without_torch():
