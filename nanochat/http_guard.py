@@ -54,8 +54,10 @@ class ConnectionLimits:
 
     @classmethod
     def within_fd_limit(cls, max_connections: int, **kw) -> ConnectionLimits:
-        """Limits that keep this process under its RLIMIT_NOFILE: the open connections, plus one
-        tick's worth of accepted ones (asyncio accepts up to `backlog` before any protocol runs)."""
+        """Limits that keep this process under its RLIMIT_NOFILE: the open connections, plus two
+        ticks' worth of accepted ones (asyncio accepts up to `backlog` per tick before any protocol
+        runs, and an evicted connection's descriptor is released a tick after the eviction, while
+        the next tick already accepts again)."""
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return cls(max_connections=max_connections, **kw)
@@ -64,10 +66,10 @@ class ConnectionLimits:
         except OSError:  # no procfs (macOS): assume a freshly started interpreter with a model loaded
             in_use = 64
         spare = max(16, soft - in_use - FD_RESERVE)
-        if spare >= max_connections + MAX_BACKLOG:
+        if spare >= max_connections + 2 * MAX_BACKLOG:
             return cls(max_connections=max_connections, **kw)
-        cap = max(4, min(max_connections, spare * 2 // 3))
-        return cls(max_connections=cap, backlog=max(4, min(MAX_BACKLOG, spare - cap)), **kw)
+        cap = max(4, min(max_connections, spare // 2))
+        return cls(max_connections=cap, backlog=max(4, min(MAX_BACKLOG, (spare - cap) // 2)), **kw)
 
 
 def raise_fd_limit() -> int:
