@@ -7,7 +7,7 @@
 # On a GPU node: every visible GPU through torchrun, sized by the memory of the smallest one (a preset
 # of nanochat/plan.py: d8 on 6-8 GB up to upstream's d20 on 80 GB and more), FineWeb-Edu shards and
 # the chat datasets when the network allows; on an Apple GPU (MPS) a small preset in one process.
-# Without either: a CPU-sized run (depth 4, seq 256, vocab 4096) that finishes in about 15 minutes on
+# Without either: a CPU-sized run (depth 4, seq 256, vocab 4096) that finishes in about 10 minutes on
 # 2 cores. The preset and its time and cost estimate are printed before any stage. Every artifact
 # goes to $NANOCHAT_BASE_DIR (~/.cache/nanochat).
 #

@@ -40,7 +40,7 @@ EVAL_TOKENS_CAP = 10 * 524_288
 # (~48% MFU, ~2.9 h) and its whole speedrun takes ~3 h 51 min, so the tokenizer, the downloads,
 # midtraining, SFT and the evaluations add ~35% to pretraining.
 OTHER_STAGES = 0.35
-CPU_RUN_HOURS = 0.25  # speedrun.sh's CPU configuration, measured: ~15 minutes on 2 idle cores
+CPU_RUN_HOURS = 0.15  # speedrun.sh's CPU configuration, measured: 8m21s on 2 idle cores with AVX-512 BF16 (dev/BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ MPS_PRESET = Preset("MPS", 0, 4, 512, 8192, False, 32_768, 0.25, 7e12,
                     "compile, one process; 7 TFLOP/s is an M2/M3 Pro-class GPU's fp32 rate")
 CPU_PRESET = Preset("CPU", 0, 4, 256, 4096, None, None, 0.0, 0.0,
                     "no GPU: d4, sequence 256, 4K vocabulary for 300 base steps, a model that shows the "
-                    "whole pipeline in ~15 minutes on 2 cores; compile auto: base training compiles when its "
+                    "whole pipeline in minutes on 2 cores; compile auto: base training compiles when its "
                     "planned work pays for the compile (nanochat.training.compile_default)", device_batch_size=8)
 
 
@@ -203,7 +203,7 @@ class Plan:
                     f"{'auto' if self.device_batch_size is None else self.device_batch_size}")
         chosen = f"preset {p.name}" + (f" (overridden: {', '.join(self.overridden)})" if self.overridden else "")
         if self.device_type == "cpu":
-            return f"CPU run: no GPU -> {chosen}: {settings}; ~15 min on 2 cores (measured); why: {p.why}"
+            return f"CPU run: no GPU -> {chosen}: {settings}; ~{CPU_RUN_HOURS * 60:.0f} min on 2 cores (measured); why: {p.why}"
         hours = f"~{self.hours:.1f} h" if self.hours < 10 else f"~{self.hours:.0f} h"
         peak = (f"{self.peak_flops / 1e12:.0f} TFLOP/s peak" + ("" if self.peak_listed else " (assumed: not in the GPU table)")
                 + f" x {p.mfu:.0%} MFU assumed, +{OTHER_STAGES:.0%} for the other stages")
