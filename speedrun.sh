@@ -227,25 +227,24 @@ fi
 if [ "$ONLINE" = 1 ]; then CORPUS=fineweb-edu; CHAT_DATA=(); else CORPUS=embedded; CHAT_DATA=(--offline); fi
 # the chat phases on CPU use the offline mixtures: a few hundred steps would not get far into SmolTalk
 [ "$NGPU" -eq 0 ] && CHAT_DATA=(--offline)
-TOK_ARGS=()
-CORE_TASKS=()
-CHAT_TASKS=()
-# the Korean run: FineWeb-2 Korean online, the konlpy texts offline; the tokenizer with English (and
-# code) mixed in at a fifth of its characters; the Korean chat presets (with --offline, mid_train and
-# chat_sft take mid-ko-offline / sft-ko-offline); KoBEST and KMMLU beside the English evaluations
+# the Korean run: FineWeb-2 Korean online, the konlpy texts offline
 if [ "$KO" = 1 ]; then
-  if [ "$CORPUS" = fineweb-edu ]; then CORPUS=ko; MIX_CORPUS=fineweb-edu; else CORPUS=embedded-ko; MIX_CORPUS=embedded; fi
-  TOK_ARGS=(--pattern=korean --mix_corpus="$MIX_CORPUS" --mix_share=0.2)
-  MID_ARGS+=(--tasks=mid-ko)
-  SFT_ARGS+=(--tasks=sft-ko)
-  CORE_TASKS=(--tasks='CORE|KoBEST')
-  CHAT_TASKS=(-a 'all|korean')
-  IDENTITY_NAME="${IDENTITY_NAME:-나노챗}"
+  if [ "$CORPUS" = fineweb-edu ]; then CORPUS=ko; else CORPUS=embedded-ko; fi
 fi
-# the identity conversations' name and creator (IDENTITY_NAME, IDENTITY_CREATOR; unset: the phases' defaults)
-IDENTITY=()
-if [ -n "${IDENTITY_NAME:-}" ]; then IDENTITY+=(--identity_name="$IDENTITY_NAME"); fi
-if [ -n "${IDENTITY_CREATOR:-}" ]; then IDENTITY+=(--identity_creator="$IDENTITY_CREATOR"); fi
+TOK_CORPUS="$CORPUS"
+[ "$CORPUS" = fineweb-edu ] && TOK_CORPUS="$NANOCHAT_BASE_DIR/base_data"
+# the identity conversations' name and creator (IDENTITY_NAME, IDENTITY_CREATOR; unset: the
+# language's default, dev/lang.sh, else the phases' own)
+if [ -n "${IDENTITY_NAME:-}" ]; then MID_ARGS+=(--identity_name="$IDENTITY_NAME"); SFT_ARGS+=(--identity_name="$IDENTITY_NAME"); fi
+if [ -n "${IDENTITY_CREATOR:-}" ]; then MID_ARGS+=(--identity_creator="$IDENTITY_CREATOR"); SFT_ARGS+=(--identity_creator="$IDENTITY_CREATOR"); fi
+# the language's options of each script (dev/lang.sh; none in English): for Korean the tokenizer's
+# English fifth and split pattern, the Korean chat presets (with --offline, mid_train and chat_sft
+# take mid-ko-offline / sft-ko-offline) named 나노챗, KoBEST and KMMLU beside the English evaluations
+mapfile -t TOK_ARGS < <(lang_options tok_train --corpus="$TOK_CORPUS")
+mapfile -t -O "${#MID_ARGS[@]}" MID_ARGS < <(lang_options mid_train "${MID_ARGS[@]}")
+mapfile -t -O "${#SFT_ARGS[@]}" SFT_ARGS < <(lang_options chat_sft "${SFT_ARGS[@]}")
+mapfile -t CORE_TASKS < <(lang_options base_eval)
+mapfile -t CHAT_TASKS < <(lang_options chat_eval)
 
 run_stage report-reset "$PY" -m nanochat.report reset
 
@@ -269,8 +268,6 @@ data() {
 }
 run_stage data data
 
-TOK_CORPUS="$CORPUS"
-[ "$CORPUS" = fineweb-edu ] && TOK_CORPUS="$NANOCHAT_BASE_DIR/base_data"
 run_stage tokenizer "$PY" -m scripts.tok_train --vocab_size="$VOCAB_SIZE" --corpus="$TOK_CORPUS" "${TOK_ARGS[@]}"
 run_stage tokenizer-eval "$PY" -m scripts.tok_eval
 
@@ -295,9 +292,9 @@ base_eval() {
   "${LAUNCH[@]}" -m scripts.base_eval "${CORE_ARGS[@]}" "${CORE_TASKS[@]}" --skip_unavailable
 }
 run_stage base-eval base_eval
-run_stage mid-train "${LAUNCH[@]}" -m scripts.mid_train --resume=auto "${CHAT_DATA[@]}" "${MID_ARGS[@]}" "${IDENTITY[@]}"
+run_stage mid-train "${LAUNCH[@]}" -m scripts.mid_train --resume=auto "${CHAT_DATA[@]}" "${MID_ARGS[@]}"
 run_stage mid-eval "${LAUNCH[@]}" -m scripts.chat_eval -i mid "${EVAL_ARGS[@]}" "${CHAT_TASKS[@]}" --skip_unavailable
-run_stage sft-train "${LAUNCH[@]}" -m scripts.chat_sft --resume=auto "${CHAT_DATA[@]}" "${SFT_ARGS[@]}" "${IDENTITY[@]}"
+run_stage sft-train "${LAUNCH[@]}" -m scripts.chat_sft --resume=auto "${CHAT_DATA[@]}" "${SFT_ARGS[@]}"
 run_stage sft-eval "${LAUNCH[@]}" -m scripts.chat_eval -i sft "${EVAL_ARGS[@]}" "${CHAT_TASKS[@]}" --skip_unavailable
 if [ "${RUN_RL:-0}" = 1 ]; then
   # GSM8K online; offline (and on CPU) the generated arithmetic word problems, scored the same way

@@ -48,3 +48,26 @@ lang_claim() {
   mkdir -p "$1"
   if [ ! -f "$1/language" ]; then echo "$NANOCHAT_LANG" > "$1/language.tmp" && mv "$1/language.tmp" "$1/language"; fi
 }
+
+# lang_options SCRIPT [ARGS...]: this language's options for SCRIPT (a scripts/ name), one a line,
+# less those whose key ARGS already give (en: none). tok_train given --corpus=embedded-ko (offline)
+# mixes in the embedded English corpus instead of FineWeb-Edu.
+lang_options() {
+  [ "$NANOCHAT_LANG" = ko ] || return 0
+  local script=$1 mix=fineweb-edu opt opts=()
+  shift
+  local given=" $* "
+  case "$given" in *" --corpus=embedded-ko "*) mix=embedded ;; esac
+  case "$script" in
+    tok_train) opts=(--corpus=ko --pattern=korean "--mix_corpus=$mix" --mix_share=0.2) ;;
+    base_train|base_loss) opts=(--corpus=ko) ;;
+    mid_train) opts=(--tasks=mid-ko --identity_name=나노챗) ;;
+    chat_sft) opts=(--tasks=sft-ko --identity_name=나노챗) ;;
+    base_eval) opts=('--tasks=CORE|KoBEST') ;;
+    chat_eval) opts=('--tasks=all|korean') ;;
+    *) return 0 ;;
+  esac
+  for opt in "${opts[@]}"; do
+    case "$given" in *" ${opt%%=*}="*|*" ${opt%%=*} "*) ;; *) echo "$opt" ;; esac
+  done
+}

@@ -381,21 +381,6 @@ sys.exit(1 if fails else 0)
 PYEOF
 )
 
-korean_defaults() {  # script args...: the Korean run's options for this script, one a line
-  local script=$1 mix=fineweb-edu
-  shift
-  case "$script" in
-    tok_train)
-      case " $* " in *" --corpus=embedded-ko "*) mix=embedded ;; esac  # offline: the English mix offline too
-      printf '%s\n' --corpus=ko --pattern=korean "--mix_corpus=$mix" --mix_share=0.2 ;;
-    base_train|base_loss) echo --corpus=ko ;;
-    mid_train) printf '%s\n' --tasks=mid-ko --identity_name=나노챗 ;;
-    chat_sft) printf '%s\n' --tasks=sft-ko --identity_name=나노챗 ;;
-    base_eval) echo '--tasks=CORE|KoBEST' ;;
-    chat_eval) echo '--tasks=all|korean' ;;
-  esac
-}
-
 make_test_base() {  # dir script: a scratch base dir linking everything of yours but the test's output
   local dir=$1 script=$2 e name
   mkdir -p "$dir/base"
@@ -484,7 +469,7 @@ cmd_launch() {
 
   local defaults=()
   [ "$gpus" -gt 0 ] || defaults+=(--device_type=cpu)
-  [ "$NANOCHAT_LANG" = en ] || mapfile -t -O "${#defaults[@]}" defaults < <(korean_defaults "$script" "${pass[@]}")
+  mapfile -t -O "${#defaults[@]}" defaults < <(lang_options "$script" "${pass[@]}")
   if [ "$mode" = test ]; then
     defaults+=(--num_iterations=10 --eval_every=5 --eval_tokens=65536 --eval_batches=2 --sample_every=10
                --max_problems=16)
