@@ -108,7 +108,10 @@ stage_processes() {  # pid: it and its descendants, torchrun excepted
 }
 stop_stage() {
   STOPPED=1
-  [ -n "$STAGE_PID" ] || exit 143
+  if [ -z "$STAGE_PID" ]; then  # between stages: nothing runs, so nothing is lost
+    echo "error: stopped by SIGTERM between stages: run again to go on from the next one" >&2
+    exit 143
+  fi
   echo "speedrun: SIGTERM: stopping the running stage (a training phase finishes its step and saves a checkpoint)"
   # shellcheck disable=SC2046  # a list of pids
   kill -TERM $(stage_processes "$STAGE_PID") 2>/dev/null || true
