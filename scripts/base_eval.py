@@ -115,23 +115,19 @@ def report_notes(opts: Options, suites: dict[str, dict], unavailable: dict[str, 
     shots, the suites not available and how to fetch them, the row cap."""
     from tasks.kobest import NUM_FEWSHOT
 
+    def cropped(suite: str, what: str) -> str | None:
+        counts = [f"{label} {t['cropped']}" for label, t in task_rows(suite, suites[suite]).items() if t["cropped"]]
+        return f"{what} cropped on the left, rows per task: " + ", ".join(counts) if counts else None
+
     notes = []
     if "CORE" in suites:
         core = suites["CORE"]
         notes.append(f"random baselines: {core['baselines']}")
-        cropped = {label: t["cropped"] for label, t in core["tasks"].items() if t["cropped"]}
-        if cropped:
-            notes.append(f"prompts longer than {core['max_seq_len']} tokens cropped on the left, rows per task: "
-                         + ", ".join(f"{label} {n}" for label, n in cropped.items()))
-        else:
-            notes.append("every prompt scored whole (none cropped)")
+        notes.append(cropped("CORE", f"prompts longer than {core['max_seq_len']} tokens")
+                     or "every prompt scored whole (none cropped)")
     if "KoBEST" in suites:
-        kobest = suites["KoBEST"]
-        notes.append(f"KoBEST: skt/kobest_v1 {kobest['split']} split, {NUM_FEWSHOT}-shot, scored like CORE")
-        cropped = {label: t["cropped"] for label, t in task_rows("KoBEST", kobest).items() if t["cropped"]}
-        if cropped:
-            notes.append("KoBEST prompts longer than the model's context cropped on the left, rows per task: "
-                         + ", ".join(f"{label} {n}" for label, n in cropped.items()))
+        notes.append(f"KoBEST: skt/kobest_v1 {suites['KoBEST']['split']} split, {NUM_FEWSHOT}-shot, scored like CORE")
+        notes += filter(None, [cropped("KoBEST", "KoBEST prompts longer than the model's context")])
     notes += [f"{suite}: not available ({why})" for suite, why in unavailable.items()]
     if opts.max_problems is not None:
         notes.append(f"at most {opts.max_problems} rows per task")

@@ -338,3 +338,18 @@ def test_missing_suites_fail_in_one_line(served):
     code, lines = run("scripts.chat_eval", "-a", "MMLU|korean")
     assert code == 1 and lines == [f"error: MMLU, KMMLU are not downloaded: python -m tasks.sources --dataset=mmlu "
                                    f"--split=test; {KMMLU_FETCH} (or --skip_unavailable to evaluate the other tasks)"]
+
+
+def test_report_notes_count_cropped_rows_per_suite():
+    from scripts.base_eval import Options, report_notes
+
+    def task(cropped):
+        return {"accuracy": 0.5, "centered": 0.0, "random_baseline": 25.0, "examples": 10, "cropped": cropped}
+
+    suites = {"CORE": {"baselines": "b.csv", "max_seq_len": 128, "tasks": {"arc": task(2), "piqa": task(0)}},
+              "KoBEST": {"split": "test", "tasks": {"copa": task(0), "wic": task(3)}}}
+    notes = report_notes(Options(tasks="CORE|KoBEST"), suites, {})
+    assert notes[:2] == ["random baselines: b.csv", "prompts longer than 128 tokens cropped on the left, rows per task: arc 2"]
+    assert notes[-1] == "KoBEST prompts longer than the model's context cropped on the left, rows per task: kobest_wic 3"
+    suites["KoBEST"]["tasks"]["wic"]["cropped"] = 0  # nothing cropped: no KoBEST cropping note at all
+    assert not any("KoBEST prompts" in n for n in report_notes(Options(tasks="CORE|KoBEST"), suites, {}))
